@@ -1,0 +1,27 @@
+// Input checks shared by the CPU and CUDA kernels. Each message names the argument and what was
+// expected, so a bad call is a readable Python RuntimeError, never a crash.
+#pragma once
+#include <ATen/ATen.h>
+
+#define DA_CHECK_FLOAT(t, name)                                                              \
+  TORCH_CHECK_TYPE((t).scalar_type() == at::kFloat || (t).scalar_type() == at::kDouble ||    \
+                       (t).scalar_type() == at::kHalf || (t).scalar_type() == at::kBFloat16, \
+                   name " must be a floating-point tensor, got ", (t).scalar_type())
+
+#define DA_CHECK_DIM(t, d, name, shape)                                                 \
+  TORCH_CHECK((t).dim() == (d), name " must be " shape " (", (d), "-D), got shape ", \
+              (t).sizes())
+
+#define DA_CHECK_SQUARE(t, name)                                                              \
+  TORCH_CHECK((t).size(-1) == (t).size(-2), name " must hold square matrices (B, n, n), got ", \
+              (t).sizes())
+
+#define DA_CHECK_SAME_DEVICE(a, b, na, nb)                                                  \
+  TORCH_CHECK((a).device() == (b).device(), na " and " nb " must be on the same device, got ", \
+              (a).device(), " and ", (b).device())
+
+#define DA_CHECK_ITERS(n_iters) \
+  TORCH_CHECK((n_iters) >= 0, "n_iters must be >= 0, got ", (n_iters))
+
+#define DA_CHECK_TAU(tau) \
+  TORCH_CHECK((tau) > 0 && std::isfinite(tau), "tau must be a finite number > 0, got ", (tau))

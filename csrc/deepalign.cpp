@@ -1,0 +1,30 @@
+// The one registration site of the deepalign operator library: every schema lives here.
+// Backends (cpu/*.cpp, cuda/*.cu) only implement them with TORCH_LIBRARY_IMPL.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(deepalign, m) {
+  // Log-domain Sinkhorn projection of a batch of square score matrices (B, n, n).
+  // Returns P and the per-iteration potentials (row_pot, col_pot), each (B, n_iters, n),
+  // that the fused unrolled backward replays. Semantics: deepalign/ops/reference.py.
+  m.def("sinkhorn_project(Tensor scores, int n_iters, float tau) -> (Tensor, Tensor, Tensor)");
+  m.def("_sinkhorn_project_backward(Tensor grad_p, Tensor scores, Tensor row_pot, Tensor col_pot, "
+        "int n_iters, float tau) -> Tensor");
+  // The same projection of scores = f0 @ f1^T, (B, n, d) x (B, n, d), without materialising scores
+  // outside the kernel.
+  m.def("outer_sinkhorn_project(Tensor f0, Tensor f1, int n_iters, float tau) -> (Tensor, Tensor, Tensor)");
+  m.def("_outer_sinkhorn_project_backward(Tensor grad_p, Tensor f0, Tensor f1, Tensor row_pot, "
+        "Tensor col_pot, int n_iters, float tau) -> (Tensor, Tensor)");
+  // Implicit-function gradient at a (converged) doubly-stochastic plan P: d scores.
+  m.def("_sinkhorn_implicit_backward(Tensor grad_p, Tensor p, float tau) -> Tensor");
+  // Exact batched linear assignment (B, n, m), n <= m: int64 (B, n), column of each row.
+  m.def("linear_assignment(Tensor cost, bool maximize) -> Tensor");
+  // One-hot (B, n, n) permutation maximising <scores, P>.
+  m.def("hard_permutation(Tensor scores) -> Tensor");
+}
+
+// `import deepalign._C` loads this shared library, which runs the registrations above.
+// No pybind11: a bare module keeps this translation unit light.
+static struct PyModuleDef deepalign_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&deepalign_module); }

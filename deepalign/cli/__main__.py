@@ -1,0 +1,5 @@
+import sys
+
+from deepalign.cli import main
+
+sys.exit(main())

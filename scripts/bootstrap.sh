@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets up ./.venv with deepalign (compiled extension included) and its test tools.
+# Safe to re-run: it installs only what is missing and rebuilds the extension incrementally.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv
+PY=$VENV/bin/python
+
+[ -x "$PY" ] || "${PYTHON:-python3}" -m venv "$VENV"
+# The CPU build of torch; an already installed torch (a CUDA build, say) is kept.
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
+"$PY" -m pip install -q "numpy>=1.24" "scipy>=1.10" "tqdm>=4.60" "safetensors>=0.4" \
+  "matplotlib>=3.7" "scikit-learn>=1.3" "pytest>=7" "hypothesis>=6" ninja pybind11
+# Build against the torch above, never in an isolated env (that would pull another torch).
+if ! "$PY" -m pip show -q deepalign >/dev/null 2>&1; then
+  MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
+fi
+MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py -q build_ext --inplace
+"$VENV/bin/deepalign" info

@@ -1,0 +1,83 @@
+"""The compiled extension is built, loaded and complete; the build switches behave."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import deepalign
+from deepalign import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_extension_is_loaded():
+    # Never silently replaced by a fallback: a missing or broken _C fails the suite.
+    assert ops.extension_loaded(), f"deepalign._C failed to load: {ops.extension_error()}"
+    assert "CPU" in ops.compiled_backends()
+
+
+def test_every_op_has_a_cpu_kernel():
+    names = [n for n in dir(torch.ops.deepalign) if not n.startswith("__")]
+    assert "sinkhorn_project" in names and "linear_assignment" in names
+    for name in names:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"deepalign::{name}", "CPU"), name
+
+
+def test_cuda_kernels_reported_consistently():
+    assert ops.has_cuda_kernels() == ("CUDA" in ops.compiled_backends())
+    if torch.version.cuda is None:
+        assert not ops.has_cuda_kernels()
+
+
+def test_cli_version_and_info():
+    out = subprocess.run([BIN / "deepalign", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and deepalign.__version__ in out.stdout
+    out = subprocess.run([BIN / "deepalign", "info"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "extension deepalign._C: loaded" in out.stdout
+    assert f"torch {torch.__version__}" in out.stdout
+    assert "CPU kernels: yes" in out.stdout
+
+
+def test_force_cuda_with_cpu_torch_is_an_error():
+    if torch.version.cuda is not None:
+        pytest.skip("torch has CUDA")
+    env = dict(os.environ, FORCE_CUDA="1")
+    out = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "FORCE_CUDA=1" in out.stdout + out.stderr
+
+
+def test_cuda_home_is_derived_through_wrapper_scripts(tmp_path, monkeypatch):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("no nvcc on PATH")
+    # A wrapper script in an unrelated folder, as on the project's machines.
+    wrapper = tmp_path / "bin" / "nvcc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec "{nvcc}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    sys.path.insert(0, str(ROOT))
+    try:
+        import setup as setup_module
+    finally:
+        sys.path.pop(0)
+    home = Path(setup_module._cuda_home_from_nvcc())
+    assert home != tmp_path
+    assert (home / "bin" / "nvcc").is_file() and (home / "include" / "cuda_runtime.h").is_file()
+
+
+@pytest.mark.slow
+def test_isolated_pip_install_fails_fast_with_the_right_command(tmp_path):
+    # Build isolation would otherwise pull a multi-GB CUDA torch; it must stop at once instead.
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path),
+                          str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "--no-build-isolation" in out.stdout + out.stderr
