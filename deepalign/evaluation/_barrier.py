@@ -1,0 +1,138 @@
+"""Loss barriers along the linear path between aligned networks (Deep-Align §4)."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from deepalign.evaluation._data import iter_batches
+from deepalign.evaluation._forward import forward_eval
+from deepalign.weightspace._pairs import broadcast_pair, ranks_of
+
+
+@dataclass
+class BarrierResult:
+    """Loss along the path and its barrier/AUC, per pair.
+
+    Attributes
+    ----------
+    barrier, auc : Tensor, shape () or (B,)
+    lambdas : Tensor, shape (L,)
+    losses : Tensor, shape (L,) or (B, L)
+        Mean loss of ``(1 - lambda) A + lambda B`` over the data.
+    psi : Tensor, shape (L,) or (B, L)
+        ``losses`` minus the straight line between the endpoint losses.
+    """
+    barrier: torch.Tensor
+    auc: torch.Tensor
+    lambdas: torch.Tensor
+    losses: torch.Tensor
+    psi: torch.Tensor
+
+
+def default_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy of logits ``out`` (N, C) against class indices ``y`` (N,)."""
+    return F.cross_entropy(out, y, reduction="none")
+
+
+def per_sample_loss(loss_fn, out: torch.Tensor, y) -> torch.Tensor:
+    """``loss_fn(out, y)`` reduced to one value per sample, shape (N,)."""
+    value = loss_fn(out, y)
+    if value.dim() == 0 or value.shape[0] != out.shape[0]:
+        raise ValueError("loss_fn must return per-sample losses (reduction='none'), got shape "
+                         f"{tuple(value.shape)} for {out.shape[0]} samples")
+    return value.reshape(out.shape[0], -1).mean(1)
+
+
+def path_losses(model: torch.nn.Module, stacked: Mapping, data, loss_fn: Callable,
+                batch_size: int | None) -> torch.Tensor:
+    """Mean per-sample loss of each of M stacked weight sets over ``data``; float64 (M,)."""
+    total, count = None, 0
+    for x, y in iter_batches(data, batch_size):
+        with torch.no_grad():
+            out = forward_eval(model, stacked, x)  # (M, n, ...)
+        flat = out.reshape(-1, *out.shape[2:])
+        target = None if y is None else y.repeat(out.shape[0], *([1] * (y.dim() - 1)))
+        losses = per_sample_loss(loss_fn, flat, target).reshape(out.shape[0], -1).double()
+        total = losses.sum(1) if total is None else total + losses.sum(1)
+        count += losses.shape[1]
+    if total is None or count == 0:
+        raise ValueError("data is empty")
+    return total / count
+
+
+def barrier_from_losses(losses: torch.Tensor, lambdas: torch.Tensor) -> tuple:
+    r"""Barrier and AUC from losses on a lambda grid that starts at 0 and ends at 1.
+
+    :math:`\psi(\lambda) = L(\lambda) - ((1 - \lambda) L(0) + \lambda L(1))`;
+    barrier :math:`= \max(0, \max_\lambda \psi)`, AUC :math:`= \max(0, \int_0^1 \psi)`
+    (trapezoid rule), as in Navon et al. (ICML 2024, §6). Returns ``(barrier, auc, psi)``.
+    """
+    line = (1 - lambdas) * losses[..., :1] + lambdas * losses[..., -1:]
+    psi = losses - line
+    barrier = psi.amax(-1).clamp(min=0)
+    auc = torch.trapezoid(psi, lambdas, dim=-1).clamp(min=0)
+    return barrier, auc, psi
+
+
+def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
+                 n_points: int = 25, loss_fn: Callable | None = None,
+                 batch_size: int | None = 1024, chunk_size: int | None = 512,
+                 progress: bool = False) -> BarrierResult:
+    """Loss barrier and AUC between A and (aligned) B, for one pair or many pairs at once.
+
+    All ``B * n_points`` interpolated networks run through one vmapped functional forward
+    (``chunk_size`` at a time), in eval mode: BatchNorm uses the interpolated running
+    statistics (no BN reset).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The architecture; not modified.
+    sd_a, sd_b : dict of str to Tensor
+        Single state_dicts or batches (B); B already aligned to A.
+    data : Tensor x, pair (x, y), or iterable of such batches
+    n_points : int
+        Points of the uniform grid on [0, 1] (endpoints included), >= 2.
+    loss_fn : callable (outputs, targets) -> per-sample losses, optional
+        Default: cross-entropy (``targets`` are class indices).
+    batch_size : int, optional
+        Samples per forward for in-memory data.
+    chunk_size : int, optional
+        Networks per vectorised forward.
+    progress : bool
+        tqdm bar over chunks of networks.
+
+    Returns
+    -------
+    BarrierResult
+    """
+    if n_points < 2:
+        raise ValueError(f"n_points must be >= 2, got {n_points}")
+    loss_fn = loss_fn or default_loss
+    a, b, batch = broadcast_pair(sd_a, sd_b, ranks_of(model))
+    width = next(iter(a.values())).shape[0]
+    lambdas = torch.linspace(0, 1, n_points, dtype=torch.float64)
+    # network m is pair m // n_points at lambda index m % n_points
+    total = width * n_points
+    step = max(1, min(chunk_size or total, total))
+    losses = []
+    for start in tqdm(range(0, total, step), desc="loss barrier", disable=not progress):
+        idx = torch.arange(start, min(start + step, total))
+        pair, point = idx // n_points, idx % n_points
+        stacked = {}
+        for key, va in a.items():
+            if va.is_floating_point():
+                w = lambdas[point].to(va).reshape(-1, *([1] * (va.dim() - 1)))
+                stacked[key] = torch.lerp(va[pair], b[key][pair], w)
+            else:
+                stacked[key] = va[pair]
+        losses.append(path_losses(model, stacked, data, loss_fn, batch_size))
+    curve = torch.cat(losses).reshape(width, n_points)
+    barrier, auc, psi = barrier_from_losses(curve, lambdas)
+    if batch is None:
+        return BarrierResult(barrier[0], auc[0], lambdas, curve[0], psi[0])
+    return BarrierResult(barrier, auc, lambdas, curve, psi)

@@ -1,0 +1,11 @@
+"""Weight spaces: permutation specs, applying permutations, functional-equivalence checks."""
+from deepalign.weightspace._equivalence import check_equivalent
+from deepalign.weightspace._fx_spec import TracedPermutations, trace_permutations
+from deepalign.weightspace._perm_sets import (compose_permutations, identity_permutations,
+                                              invert_permutations, random_permutations, to_soft)
+from deepalign.weightspace._permute import permute
+from deepalign.weightspace._spec import PermutationSpec
+
+__all__ = ["PermutationSpec", "TracedPermutations", "check_equivalent", "compose_permutations",
+           "identity_permutations", "invert_permutations", "permute", "random_permutations",
+           "to_soft", "trace_permutations"]
