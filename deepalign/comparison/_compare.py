@@ -1,0 +1,63 @@
+"""Evaluate every alignment method on the same pairs: barrier, AUC, time, mean curves."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from deepalign.comparison._methods import LABELS, METHODS, AlignmentTask, run_method
+from deepalign.evaluation import BarrierResult, loss_barrier
+from deepalign.weightspace import permute
+
+
+@dataclass
+class MethodResult:
+    """One method's outcome over P pairs.
+
+    Attributes
+    ----------
+    name : str
+        One of ``METHODS``.
+    curve : BarrierResult
+        Per-pair barrier and AUC, shape (P,) (clipped at 0; Navon et al. §6), and the test
+        loss along the linear path from A (lambda 0) to aligned B (lambda 1), shape (P, L).
+    seconds_per_pair : float
+    """
+    name: str
+    curve: BarrierResult
+    seconds_per_pair: float
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.name]
+
+    def summary(self) -> dict:
+        """JSON-ready means, standard deviations and the mean curve."""
+        c = self.curve
+        std = (lambda t: float(t.std())) if c.barrier.numel() > 1 else (lambda t: 0.0)
+        return {"method": self.name, "label": self.label,
+                "barrier_mean": float(c.barrier.mean()), "barrier_std": std(c.barrier),
+                "auc_mean": float(c.auc.mean()), "auc_std": std(c.auc),
+                "seconds_per_pair": self.seconds_per_pair,
+                "lambdas": c.lambdas.tolist(), "mean_loss": c.losses.mean(0).tolist(),
+                "barrier": c.barrier.tolist(), "auc": c.auc.tolist()}
+
+
+def compare_methods(task: AlignmentTask, test_data: tuple, methods: Sequence[str] = METHODS,
+                    n_points: int = 25) -> list:
+    """Run ``methods`` on the task's pairs and measure each on ``test_data``.
+
+    Every method sees the same pairs; barriers are computed for all pairs at once
+    (``deepalign.loss_barrier``). Returns a list of :class:`MethodResult` in ``methods`` order.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods must be among {METHODS}, got {unknown}")
+    results = []
+    for name in methods:
+        perms, seconds = run_method(task, name)
+        aligned = permute(task.sd_b, task.spec, perms)
+        curve = loss_barrier(task.model, task.sd_a, aligned, test_data, n_points=n_points)
+        results.append(MethodResult(name, curve, seconds / task.n_pairs))
+    return results
