@@ -25,3 +25,12 @@
 
 #define DA_CHECK_TAU(tau) \
   TORCH_CHECK((tau) > 0 && std::isfinite(tau), "tau must be a finite number > 0, got ", (tau))
+
+// The CPU kernels compute in float32 or float64 only.
+#define DA_CHECK_REAL(t, name)                                                             \
+  TORCH_CHECK_TYPE((t).scalar_type() == at::kFloat || (t).scalar_type() == at::kDouble,    \
+                   name " must be float32 or float64, got ", (t).scalar_type())
+
+#define DA_CHECK_SAME_DTYPE(a, b, na, nb)                                                     \
+  TORCH_CHECK_TYPE((a).scalar_type() == (b).scalar_type(), na " and " nb                      \
+                   " must have the same dtype, got ", (a).scalar_type(), " and ", (b).scalar_type())

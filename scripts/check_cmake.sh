@@ -14,8 +14,10 @@ LIB=$(ls "$B"/_C*.so)
 "$PY" - "$LIB" <<'PY'
 import sys, torch
 torch.ops.load_library(sys.argv[1])
-ops = [n for n in dir(torch.ops.deepalign) if not n.startswith("__")]
-kernels = [n for n in ops if torch._C._dispatch_has_kernel_for_dispatch_key(f"deepalign::{n}", "CPU")]
+ops = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("deepalign::")]
+kernels = [n for n in ops if torch._C._dispatch_has_kernel_for_dispatch_key(n, "CPU")]
+if not ops:
+    sys.exit("cmake build: the library registered no deepalign ops")
 missing = sorted(set(ops) - set(kernels))
 print(f"cmake build: {sys.argv[1]} loads; {len(kernels)} ops with CPU kernels")
 if missing:
