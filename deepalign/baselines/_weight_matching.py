@@ -110,16 +110,19 @@ class _Descent:
     def solve(self, name: str, idx: torch.Tensor) -> torch.Tensor:
         """Exact assignment for perm ``name`` of pairs ``idx``; returns which improved."""
         keys = {key for key, _ in self.spec.perm_to_axes[name]}
-        sub = {k: p[idx] for k, p in self.perms.items()}
-        cost = matching_cost({k: self.a[k][idx] for k in keys},
-                             {k: self.b[k][idx] for k in keys}, self.spec, sub, name,
+        # early sweeps solve every pair: skip the gathers (copies of all weights) then
+        every = len(idx) == len(self.active)
+        take = (lambda t: t) if every else (lambda t: t[idx])  # noqa: E731
+        sub = {k: take(p) for k, p in self.perms.items()}
+        cost = matching_cost({k: take(self.a[k]) for k in keys},
+                             {k: take(self.b[k]) for k in keys}, self.spec, sub, name,
                              self.sizes[name])
         new = linear_assignment(cost, maximize=True)
         # float64 sums: rounding must not make an equal-cost tie look like progress
         old_value = cost.double().gather(2, sub[name][:, :, None]).sum((1, 2))
         new_value = cost.double().gather(2, new[:, :, None]).sum((1, 2))
         self.version[name][idx] += (new != sub[name]).any(1).long()
-        self.perms[name][idx] = new
+        self.perms[name][idx] = new  # after the comparison: ``sub`` may alias the perms
         return new_value > old_value + IMPROVEMENT_THRESHOLD
 
 
