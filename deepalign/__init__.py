@@ -5,5 +5,15 @@ evaluation, model zoos and fused C++/CUDA kernels.
 """
 from deepalign._version import __version__
 from deepalign import ops
+from deepalign.data import load_dataset
+from deepalign.models import batched_forward, build_model
+from deepalign.zoo import Zoo, ZooPairs, train_zoo
+from deepalign.baselines import activation_matching, merge, sinkhorn_rebasin, weight_matching
+from deepalign.evaluation import interpolate, loss_barrier
+from deepalign.weightspace import PermutationSpec, check_equivalent, permute
+from deepalign.nn import DeepAlign, WeightSpaceEncoder
 
-__all__ = ["__version__", "ops"]
+__all__ = ["__version__", "ops", "Zoo", "ZooPairs", "batched_forward", "build_model",
+           "load_dataset", "train_zoo", "PermutationSpec", "activation_matching", "check_equivalent",
+           "interpolate", "loss_barrier", "merge", "permute", "sinkhorn_rebasin",
+           "weight_matching", "DeepAlign", "WeightSpaceEncoder"]

@@ -5,7 +5,7 @@ import importlib
 from deepalign._version import __version__
 
 # One module per sub-command; each defines ``register(subparsers)``.
-_COMMANDS = ["info"]
+_COMMANDS = ["info", "zoo", "train", "align", "evaluate", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

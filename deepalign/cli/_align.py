@@ -22,21 +22,26 @@ def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int
     Returns a summary: the perms' sizes, the largest output change of the permutation (it must
     be rounding), and the paths written.
     """
+    from deepalign.baselines import sinkhorn_rebasin
     from deepalign.data import load_dataset
     from deepalign.evaluation import interpolate
+    from deepalign.models import build_model
     from deepalign.nn import DeepAlign
-    from deepalign.baselines import sinkhorn_rebasin
-    from deepalign.weightspace import check_equivalent, permute
+    from deepalign.weightspace import PermutationSpec, check_equivalent, permute
+    from deepalign.zoo import infer_arch
 
     sd_a, sd_b = load_state_dict(path_a), load_state_dict(path_b)
     _check_same_architecture(sd_a, sd_b, path_a, path_b)
     aligner = DeepAlign.load(aligner_path).eval()
-    dataset = dataset or aligner.meta.get("dataset")
+    dataset = dataset or aligner.task.get("dataset")
     data = load_dataset(dataset) if dataset else None
-    model, spec = aligner.task_model(sd_a, data.image_shape if data else None)
     try:
+        config = aligner.task.get("model") or infer_arch(sd_a)
+        model = build_model(config)
+        example = torch.zeros(1, *(data.image_shape if data else (config["in_features"],)))
+        spec = PermutationSpec.from_module(model, example)
         aligner.check_compatible(spec, sd_a)
-    except ValueError as exc:
+    except (ValueError, KeyError) as exc:
         raise SystemExit(f"deepalign align: the aligner {aligner_path} does not fit these "
                          f"networks: {exc}") from exc
     perms = aligner.align(sd_a, sd_b)
@@ -46,9 +51,12 @@ def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int
                              "--dataset (the aligner records none)")
         perms = sinkhorn_rebasin(model, sd_a, sd_b, spec, (data.X_train, data.y_train),
                                  init=perms, n_steps=refine_steps, seed=seed, progress=True)
-    inputs = data.X_test[:512] if data is not None else torch.randn(
-        256, *next(iter(sd_a.values())).shape[1:2])
-    gap = check_equivalent(model, sd_b, spec, perms, inputs)
+    inputs = data.X_test[:512] if data is not None else torch.randn(256, *example.shape[1:])
+    try:
+        gap = check_equivalent(model, sd_b, spec, perms, inputs)
+    except AssertionError as exc:
+        raise SystemExit(f"deepalign align: the permuted B does NOT compute B's function "
+                         f"({exc}); nothing written") from exc
     aligned = permute(sd_b, spec, perms)
     save_state_dict(aligned, out)
     written = [out]

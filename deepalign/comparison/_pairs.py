@@ -2,7 +2,7 @@
 import torch
 
 
-def test_pairs(zoo, n_pairs: int, split: str = "test", seed: int = 0) -> tuple:
+def held_out_pairs(zoo, n_pairs: int, split: str = "test", seed: int = 0) -> tuple:
     """Disjoint pairs of distinct networks from one split of a zoo, drawn with a fixed seed.
 
     Returns

@@ -2,7 +2,7 @@
 import torch
 
 from deepalign.comparison._methods import AlignmentTask
-from deepalign.comparison._pairs import test_pairs
+from deepalign.comparison._pairs import held_out_pairs
 from deepalign.data import load_dataset
 from deepalign.weightspace import PermutationSpec
 
@@ -24,7 +24,7 @@ def task_from_zoo(zoo, aligner=None, n_pairs: int = 64, sinkhorn_steps: int = 10
     data = load_dataset(zoo.dataset)
     model = zoo.build_model()
     spec = PermutationSpec.from_module(model, torch.zeros(1, *data.image_shape))
-    idx_a, idx_b = test_pairs(zoo, n_pairs, seed=seed)
+    idx_a, idx_b = held_out_pairs(zoo, n_pairs, seed=seed)
     if aligner is not None:
         aligner.check_compatible(spec, zoo.state_dict(idx_a[0]))
     task = AlignmentTask(model, spec, zoo.stacked(idx_a), zoo.stacked(idx_b),

@@ -1,0 +1,181 @@
+r"""``DeepAlign``: the learned weight-space aligner F(v, v') (Navon et al., ICML 2024).
+
+F = F_proj o F_prod o F_{V->A} o F_DWS:
+
+* F_DWS: the Siamese :class:`WeightSpaceEncoder`, applied to both networks in one call;
+* F_{V->A}: the last layer's bias features of each hidden neuron set, L2-normalised over the
+  channels and multiplied by one learned scalar ``s``;
+* F_prod: ``S_k[i, j] = <e_i(v), e_j(v')> = s^2 cos(.)`` for A's neuron ``i`` and B's ``j``;
+* F_proj: Sinkhorn (``deepalign.ops.outer_sinkhorn_project``) for soft plans while training,
+  exact linear assignment (``deepalign.ops.linear_assignment``) of ``S`` for hard perms. The
+  assignment of ``log P`` equals that of ``S`` (Sinkhorn only adds row and column constants),
+  so rounding uses the raw similarity.
+
+Symmetries: for hidden-neuron permutations ``g, g'``,
+``S(g#v, g'#v') = G S(v, v') G'^T`` and ``S(v', v) = S(v, v')^T``.
+"""
+import torch
+from torch import nn
+
+from deepalign import ops
+from deepalign.data import load_dataset
+from deepalign.nn._encoder import WeightSpaceEncoder, make_config
+from deepalign.nn._layout import WeightLayout
+from deepalign.nn._serialization import atomic_save
+from deepalign.weightspace import PermutationSpec
+
+_FORMAT = "deepalign.DeepAlign/1"
+
+
+class DeepAlign(nn.Module):
+    """Learned aligner: maps a pair of networks to per-layer (soft) permutations.
+
+    Parameters
+    ----------
+    layout : WeightLayout
+        The layer chain (see :meth:`from_spec` / :meth:`from_zoo` to build one).
+    config : str, dict or EncoderConfig
+        'default' (small, fast on CPU) or 'paper' (the authors' functional configuration).
+    **overrides
+        Fields of :class:`~deepalign.nn.EncoderConfig` to change.
+
+    Notes
+    -----
+    Perms follow ``docs/CONTRACTS.md``: ``align(sd_a, sd_b)`` returns ``p`` with ``p[i] = j``
+    (B's neuron ``j`` goes to A's position ``i``), so ``deepalign.permute(sd_b, spec, p)``
+    is comparable with ``sd_a``; soft plans ``P[i, j]`` apply as ``P @ old``.
+    """
+
+    def __init__(self, layout: WeightLayout, config="default", **overrides):
+        super().__init__()
+        self.layout = layout
+        self.config = make_config(config, **overrides)
+        self.encoder = WeightSpaceEncoder(layout.set_sizes, layout.taps, self.config)
+        # s^2 cos with s = 1 (the paper's init) keeps logits in [-1, 1]: nearly uniform rows
+        # over tens of neurons and slow early training. Start sharper.
+        self.scale = nn.Parameter(torch.tensor(3.0))
+        # What the aligned networks are ({"model": build_model config, "dataset": name}), so a
+        # saved aligner can rebuild and check them; set by from_zoo and the trainer.
+        self.task = {}
+
+    @classmethod
+    def from_spec(cls, spec, state_dict: dict, config="default", **overrides) -> "DeepAlign":
+        """An aligner for networks with ``spec`` shaped like ``state_dict`` (one or a batch)."""
+        return cls(WeightLayout.from_spec(spec, state_dict), config, **overrides)
+
+    @classmethod
+    def from_zoo(cls, zoo, config="default", **overrides) -> "DeepAlign":
+        """An aligner for the architecture of a classifier ``deepalign.zoo.Zoo``."""
+        if zoo.dataset is None:
+            raise ValueError(f"zoo {zoo.path}: no data set recorded, so no input shape to "
+                             "trace the architecture with; use DeepAlign.from_spec")
+        model = zoo.build_model()
+        example = torch.zeros(1, *load_dataset(zoo.dataset).image_shape)
+        aligner = cls.from_spec(PermutationSpec.from_module(model, example),
+                                model.state_dict(), config, **overrides)
+        aligner.task = {"model": zoo.config, "dataset": zoo.dataset}
+        return aligner
+
+    def check_compatible(self, spec, state_dict: dict) -> None:
+        """Raise ``ValueError`` unless networks of ``spec`` shaped like ``state_dict`` have
+        exactly the layer chain this aligner was built for."""
+        other = WeightLayout.from_spec(spec, state_dict)
+        if other.slots != self.layout.slots:
+            mine = [(s.weight, s.d_out, s.d_in, s.taps) for s in self.layout.slots]
+            theirs = [(s.weight, s.d_out, s.d_in, s.taps) for s in other.slots]
+            raise ValueError(f"this aligner was built for layers {mine}, the networks have "
+                             f"{theirs}")
+
+    @property
+    def perm_names(self) -> list:
+        """Permutation names, one per hidden neuron set, in execution order."""
+        return list(self.layout.perm_names)
+
+    def _prepare(self, sd_a: dict, sd_b: dict) -> tuple:
+        (n_a, batched_a), (n_b, batched_b) = (self.layout.batch_size(sd_a),
+                                              self.layout.batch_size(sd_b))
+        if batched_a != batched_b or n_a != n_b:
+            raise ValueError(f"sd_a and sd_b must both be single networks or batches of the "
+                             f"same size, got {n_a if batched_a else 'single'} and "
+                             f"{n_b if batched_b else 'single'}")
+        if not batched_a:
+            sd_a, sd_b = ({k: v[None] for k, v in sd.items()} for sd in (sd_a, sd_b))
+        return sd_a, sd_b, batched_a
+
+    def embed(self, *batches: dict) -> list:
+        """Neuron embeddings of several batches of networks, encoded in one encoder call.
+
+        Parameters
+        ----------
+        *batches : dict of str to Tensor, each (B_i, *shape)
+
+        Returns
+        -------
+        list (one per batch) of lists (one per hidden set) of Tensor, (B_i, d_k, out_features)
+            L2-normalised over channels, times the learned scale ``s``.
+        """
+        ref = self.scale
+        parts = [self.layout.to_internal({k: v.to(ref) for k, v in sd.items()}) for sd in batches]
+        feats = self.encoder([torch.cat(w) for w in zip(*(p[0] for p in parts))],
+                             [torch.cat(b) for b in zip(*(p[1] for p in parts))])
+        emb = [torch.nn.functional.normalize(f, dim=-1) * self.scale for f in feats[:-1]]
+        sizes = [p[0][0].shape[0] for p in parts]
+        return [list(chunk) for chunk in zip(*(e.split(sizes) for e in emb))]
+
+    def embed_pair(self, sd_a: dict, sd_b: dict) -> tuple:
+        """``(emb_a, emb_b, batched)``: :meth:`embed` of a pair (single networks or batches)."""
+        sd_a, sd_b, batched = self._prepare(sd_a, sd_b)
+        emb_a, emb_b = self.embed(sd_a, sd_b)
+        return emb_a, emb_b, batched
+
+    def logits(self, emb_a: list, emb_b: list) -> dict:
+        """``S_k = E_a E_b^T`` from :meth:`embed_pair` output: dict of (B, n_k, n_k)."""
+        return {name: ea @ eb.mT for name, ea, eb in zip(self.perm_names, emb_a, emb_b)}
+
+    def plans(self, emb_a: list, emb_b: list, n_iters: int = 20, tau: float = 1.0) -> dict:
+        """Sinkhorn plans ``sinkhorn(E_a E_b^T, n_iters, tau)`` (fused outer product)."""
+        return {name: ops.outer_sinkhorn_project(ea, eb, n_iters, tau)
+                for name, ea, eb in zip(self.perm_names, emb_a, emb_b)}
+
+    def forward(self, sd_a: dict, sd_b: dict) -> dict:
+        """Similarity logits ``S_k[b, i, j] = s^2 cos(e_i(a), e_j(b))``: dict of (B, n_k, n_k)."""
+        emb_a, emb_b, batched = self.embed_pair(sd_a, sd_b)
+        return self._unbatch(self.logits(emb_a, emb_b), batched)
+
+    def soft_align(self, sd_a: dict, sd_b: dict, n_iters: int = 20, tau: float = 1.0) -> dict:
+        """Doubly-stochastic plans aligning B to A: dict of (B, n, n) (or (n, n)).
+
+        ``sinkhorn(S, n_iters, tau)`` of the similarity logits, fused with the outer product.
+        """
+        emb_a, emb_b, batched = self.embed_pair(sd_a, sd_b)
+        return self._unbatch(self.plans(emb_a, emb_b, n_iters, tau), batched)
+
+    @torch.no_grad()
+    def align(self, sd_a: dict, sd_b: dict) -> dict:
+        """Hard perms aligning B to A (int64 (B, n) or (n,)), the baselines' format.
+
+        Uses the module's current mode: call ``.eval()`` first for inference.
+        """
+        return {name: ops.linear_assignment(s, maximize=True)
+                for name, s in self.forward(sd_a, sd_b).items()}
+
+    @staticmethod
+    def _unbatch(out: dict, batched: bool) -> dict:
+        return out if batched else {k: v[0] for k, v in out.items()}
+
+    def save(self, path) -> None:
+        """Write config, layout and weights to one file, atomically."""
+        atomic_save({"format": _FORMAT, "layout": self.layout.to_dict(),
+                     "config": self.config.to_dict(), "state_dict": self.state_dict(),
+                     "task": self.task}, path)
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "DeepAlign":
+        """Rebuild a saved aligner (in eval mode)."""
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"{path}: not a DeepAlign file (format {_FORMAT})")
+        model = cls(WeightLayout.from_dict(payload["layout"]), payload["config"])
+        model.load_state_dict(payload["state_dict"])
+        model.task = payload.get("task", {})
+        return model.eval()

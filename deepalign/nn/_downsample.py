@@ -1,0 +1,43 @@
+r"""Input-dimension down-sampling of the first weight (Deep-Align's ``DownSampleCannibalLayer``).
+
+A first weight ``W_1`` of shape (B, d_1, d_0, c) with a wide input axis (784 pixels) dominates
+the cost of every equivariant layer. Each row is summarised into ``k`` learned slots by
+attention pooling along the input axis,
+
+.. math::
+    a_{ijs} = \operatorname{softmax}_j\big(W_1[i, j] \cdot q_s / \sqrt{c}\big), \qquad
+    S[i, s] = \sum_j a_{ijs} W_1[i, j],
+
+the equivariant layer runs on ``S`` (B, d_1, k, c), and the result is spread back with the
+same weights plus a linear skip: ``W'_1[i, j] = sum_s a_{ijs} S'[i, s] + W_1[i, j] A_skip``.
+Cost is O(d_1 d_0 k c) instead of O(d_1 d_0 c^2), and no parameter depends on ``d_0``, so
+one encoder accepts any input width. Rows are pooled independently, so hidden permutations
+commute with it.
+"""
+import math
+
+import torch
+from torch import nn
+
+
+class InputDownsample(nn.Module):
+    """Attention pooling of the input axis to ``k`` slots and the matching up-sampling.
+
+    ``c_out=None``: pooling only (a layer whose weight outputs are not needed).
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(k, c_in) / math.sqrt(c_in))
+        self.skip = (None if c_out is None else
+                     nn.Parameter(torch.randn(c_in, c_out) * math.sqrt(2.0 / (c_in + c_out))))
+
+    def pool(self, w: torch.Tensor) -> tuple:
+        """``w`` (B, d_1, d_0, c) -> slots (B, d_1, k, c) and weights (B, d_1, d_0, k)."""
+        attn = torch.softmax(w @ self.queries.T / math.sqrt(w.shape[-1]), dim=2)
+        return attn.transpose(2, 3) @ w, attn
+
+    def unpool(self, slots: torch.Tensor, attn: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """slots (B, d_1, k, c_out), weights (B, d_1, d_0, k), w (B, d_1, d_0, c)
+        -> (B, d_1, d_0, c_out)."""
+        return attn @ slots + w @ self.skip

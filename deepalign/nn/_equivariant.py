@@ -1,0 +1,141 @@
+r"""The weight-space equivariant layer (DWS layer, Navon et al. 2023/2024), neuron-centric.
+
+All four block families of the DWSNet layer with nearest-layer interactions ("diagonal"):
+
+* **W -> W**: each weight entry is mapped by its layer's own linear map (the "entry" term of
+  the 2-D exchangeable layer); its row and its column receive neuron-level terms that carry
+  the row/column/all pools of the same weight and of the two adjacent weights.
+* **W -> B**: the row pool of ``W_k`` and the column pool of ``W_{k+1}`` are features of the
+  neurons of set ``k`` and reach ``b_k`` through the set layer.
+* **B -> W**: ``b_k`` is a neuron feature of set ``k``; it reaches the rows of ``W_k`` and the
+  columns of ``W_{k+1}``.
+* **B -> B**: ``b_k`` by its own linear map plus the set layer over set ``k``.
+
+Every interaction between the tensors of a network passes through one neuron set, so the
+layer is written as: (1) per neuron set ``k`` gather the features
+``h_k = [pool_in(W_k), pool_out(W_{k+1}), b_k]`` of shape (B, d_k, 2 c_w + c_b);
+(2) one set layer over all sets at once (stacked parameters, padded sets, see ``_sets``) gives
+per neuron a row term, a column term and a bias term; (3) broadcast them back:
+
+.. math::
+    W'_m[i, j] = W_m[i, j] A_m + r_m[i] + c_{m-1}[j], \qquad b'_m[i] = b_m[i] B_m + \beta_m[i].
+
+The broadcasts are views (``unsqueeze`` + broadcasting add), never materialised copies, and
+the parameters are stacked tensors indexed by layer: the module count does not grow with the
+number of layers (let alone quadratically, as in the per-layer-pair original). The fixed sets
+(inputs, outputs) are not permuted by the symmetry group; they get learned position
+embeddings so that the encoder can tell input pixels and classes apart.
+"""
+import math
+
+import torch
+from torch import nn
+
+from deepalign.nn._downsample import InputDownsample
+from deepalign.nn._sets import make_set_layer
+
+
+def _pool(x: torch.Tensor, dim: int, reduction: str) -> torch.Tensor:
+    return x.amax(dim=dim) if reduction == "max" else x.mean(dim=dim)
+
+
+class WeightSpaceLayer(nn.Module):
+    """One equivariant layer: ``(weights, biases)`` with ``c_w``/``c_b`` channels -> ``c_out``.
+
+    Parameters
+    ----------
+    set_sizes : list[int]
+        ``[d_0, ..., d_L]``: neurons per set (inputs, hidden..., outputs).
+    c_w, c_b : int
+        Input channels of the weights and of the biases.
+    c_out : int
+        Output channels (of both).
+    set_layer : {'ds', 'sab'}
+    heads : int
+        Attention heads of 'sab'.
+    reduction : {'max', 'mean'}
+        Pooling over rows, columns and sets.
+    downsample : int or None
+        Reduce the first weight's input axis to this many learned slots (see
+        :class:`InputDownsample`), so that cost and parameter count do not depend on ``d_0``.
+    bias_only : bool
+        Compute only the bias outputs (the last layer of an encoder whose readout is the
+        biases): the weight outputs would be discarded.
+    unpool : bool
+        With ``downsample``: spread the first weight back to full width (the paper's
+        per-layer down/up-sampling). False: return it at ``downsample`` slots, for the
+        following layers to work on directly (they get ``set_sizes[0] = downsample``).
+
+    Shapes
+    ------
+    weights[m] : (B, d_{m+1}, d_m, c_w);  biases[m] : (B, d_{m+1}, c_b).
+    """
+
+    def __init__(self, set_sizes: list, c_w: int, c_b: int, c_out: int, set_layer: str = "ds",
+                 heads: int = 8, reduction: str = "max", downsample: int = None,
+                 bias_only: bool = False, unpool: bool = True):
+        super().__init__()
+        n_layers = len(set_sizes) - 1
+        self.reduction, self.bias_only = reduction, bias_only
+        self.downsample = (InputDownsample(c_w, c_out if unpool and not bias_only else None,
+                                           downsample) if downsample else None)
+        sizes = list(set_sizes)
+        if downsample:
+            sizes[0] = downsample
+        self.register_buffer("mask", torch.arange(max(sizes))[None] < torch.tensor(sizes)[:, None],
+                             persistent=False)
+        self.sizes = sizes
+        c_h = 2 * c_w + c_b
+        self.pos_in = nn.Parameter(torch.randn(sizes[0], c_h) * 0.1)
+        self.pos_out = nn.Parameter(torch.randn(sizes[-1], c_h) * 0.1)
+        self.sets = make_set_layer(set_layer, n_layers + 1, c_h, 3 * c_out, heads, reduction,
+                                   hidden=c_out)
+        std = math.sqrt(2.0) * math.sqrt(2.0 / (c_w + c_out))
+        self.w_lin = None if bias_only else nn.Parameter(torch.randn(n_layers, c_w, c_out) * std)
+        self.b_lin = nn.Parameter(torch.randn(n_layers, c_b, c_out) *
+                                  math.sqrt(2.0) * math.sqrt(2.0 / (c_b + c_out)))
+        self.c_out = c_out
+
+    def _neuron_features(self, weights: list, biases: list) -> torch.Tensor:
+        """Padded (B, L+1, n, 2 c_w + c_b): ``[pool_in(W_k), pool_out(W_{k+1}), b_k]``."""
+        n_layers, n = len(weights), self.mask.shape[1]
+        rows = [_pool(w, 2, self.reduction) for w in weights]  # (B, d_out, c_w): set k = m+1
+        cols = [_pool(w, 1, self.reduction) for w in weights]  # (B, d_in, c_w):  set k = m
+        b, c_w, c_b = weights[0].shape[0], weights[0].shape[-1], biases[0].shape[-1]
+        feats = []
+        for k in range(n_layers + 1):
+            d = self.sizes[k]
+            row = rows[k - 1] if k > 0 else weights[0].new_zeros(b, d, c_w)
+            col = cols[k] if k < n_layers else weights[0].new_zeros(b, d, c_w)
+            bias = biases[k - 1] if k > 0 else weights[0].new_zeros(b, d, c_b)
+            feats.append(torch.nn.functional.pad(torch.cat([row, col, bias], -1),
+                                                 (0, 0, 0, n - d)))
+        h = torch.stack(feats, 1)
+        return torch.cat([h[:, :1] + _pad_rows(self.pos_in, n), h[:, 1:-1],
+                          h[:, -1:] + _pad_rows(self.pos_out, n)], 1)
+
+    def forward(self, weights: list, biases: list) -> tuple:
+        full_first = weights[0]
+        if self.downsample is not None:
+            slots, attn = self.downsample.pool(full_first)
+            weights = [slots] + list(weights[1:])
+        z = self.sets(self._neuron_features(weights, biases), self.mask)
+        # per set (B, d_k, 3 c_out); unbind's backward is one stack, not a zero-fill per slice
+        per_set = [t[:, :d] for t, d in zip(z.unbind(1), self.sizes)]
+        row, col, bias = zip(*(t.split(self.c_out, dim=-1) for t in per_set))
+        new_b = [biases[m] @ self.b_lin[m] + bias[m + 1] for m in range(len(biases))]
+        if self.bias_only:  # nothing reads this layer's weight outputs
+            return None, new_b
+        new_w = []
+        for m, w in enumerate(weights):
+            # in place on the fresh matmul output: no extra entry-sized tensors
+            out = w @ self.w_lin[m]
+            new_w.append(out.add_(row[m + 1][:, :, None, :]).add_(col[m][:, None, :, :]))
+        if self.downsample is not None and self.downsample.skip is not None:
+            new_w[0] = self.downsample.unpool(new_w[0], attn, full_first)
+        return new_w, new_b
+
+
+def _pad_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, 0, 0, n - x.shape[0]))
+

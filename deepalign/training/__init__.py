@@ -1,0 +1,14 @@
+"""Label-free training of Deep-Align: pairs, augmentations, losses, the trainer."""
+from deepalign.training._augment import Augmentation, augment
+from deepalign.training._checkpoint import load_checkpoint, save_checkpoint
+from deepalign.training._logging import MetricLog, read_metrics
+from deepalign.training._losses import alignment_loss, interpolation_loss, supervised_loss
+from deepalign.training._pairs import PairBatch, PairSampler
+from deepalign.training._plot import plot_training
+from deepalign.training._selection import BarrierValidator
+from deepalign.training._trainer import TrainConfig, step_generator, train
+
+__all__ = ["Augmentation", "BarrierValidator", "MetricLog", "PairBatch", "PairSampler",
+           "TrainConfig", "alignment_loss", "augment", "interpolation_loss", "load_checkpoint",
+           "plot_training", "read_metrics", "save_checkpoint", "step_generator",
+           "supervised_loss", "train"]

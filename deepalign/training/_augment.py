@@ -1,0 +1,102 @@
+r"""Weight-space augmentations for labelled pairs ``(v, t # aug(v))`` (Navon et al. 2024, §3.1).
+
+Applied in this order, independently per network of a batch, all drawn from one
+``torch.Generator`` (deterministic given its seed):
+
+1. Gaussian noise with std ``noise * std(tensor)`` per tensor;
+2. dropout: each weight and bias zeroed with probability ``dropout``. Survivors are *not*
+   rescaled by ``1 / (1 - p)`` (the official code does, which shifts every weight's scale);
+3. positive rescaling (ReLU networks only): hidden neuron ``i`` of layer ``m`` gets a factor
+   ``a_i ~ U(1 - pos_scale, 1 + pos_scale)`` on its incoming weights and bias and ``1 / a_i``
+   on its outgoing weights: the function is unchanged, the weights are not;
+4. quantile dropout: ``q ~ U(0, quantile_dropout)``, every weight and bias whose magnitude
+   is below the ``q``-quantile of the network's magnitudes is zeroed.
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Strengths of the four augmentations (0 disables one). Defaults: the paper's MLP setting."""
+
+    noise: float = 0.01
+    dropout: float = 0.05
+    pos_scale: float = 0.1
+    quantile_dropout: float = 0.1
+
+    def __post_init__(self):
+        for name in ("noise", "dropout", "pos_scale", "quantile_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def augment(sd: dict, layout, aug: Augmentation, generator: torch.Generator) -> dict:
+    """Augmented copy of a batch of state_dicts.
+
+    Parameters
+    ----------
+    sd : dict of str to Tensor, each (B, *shape)
+        Networks of the layout's architecture (entries outside the layer chain are copied).
+    layout : deepalign.nn.WeightLayout
+    aug : Augmentation
+    generator : torch.Generator
+
+    Returns
+    -------
+    dict of str to Tensor, each (B, *shape)
+    """
+    keys = [k for s in layout.slots for k in (s.weight, s.bias) if k is not None]
+    out = dict(sd)
+    for k in keys:
+        x = sd[k]
+        if aug.noise:
+            std = x.reshape(x.shape[0], -1).std(dim=1).reshape(-1, *[1] * (x.dim() - 1))
+            x = x + aug.noise * std * _draw(torch.randn, x.shape, x, generator)
+        if aug.dropout:
+            x = x * (_draw(torch.rand, x.shape, x, generator) >= aug.dropout)
+        out[k] = x
+    if aug.pos_scale:
+        out = _rescale_neurons(out, layout, aug.pos_scale, generator)
+    if aug.quantile_dropout:
+        out = _quantile_dropout(out, keys, aug.quantile_dropout, generator)
+    return out
+
+
+def _draw(fn, shape, like: torch.Tensor, generator) -> torch.Tensor:
+    """``fn(shape)`` from the (CPU) generator, as ``like``'s dtype and device."""
+    return fn(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def _rescale_neurons(sd: dict, layout, strength: float, generator) -> dict:
+    out = dict(sd)
+    for m, slot in enumerate(layout.slots[:-1]):
+        w = out[slot.weight]
+        b = w.shape[0]
+        a = 1 + strength * (2 * _draw(torch.rand, (b, slot.d_out), w, generator) - 1)
+        out[slot.weight] = (w.reshape(b, slot.d_out, -1) * a[:, :, None]).reshape(w.shape)
+        if slot.bias is not None:
+            out[slot.bias] = out[slot.bias] * a
+        nxt = layout.slots[m + 1]
+        w2 = out[nxt.weight]
+        # the next layer's input axis may be blocked (C * s after a flatten): (B, out, C, rest)
+        view = w2.reshape(b, nxt.d_out, nxt.d_in, -1)
+        out[nxt.weight] = (view / a[:, None, :, None]).reshape(w2.shape)
+    return out
+
+
+def _quantile_dropout(sd: dict, keys: list, q_max: float, generator) -> dict:
+    first = sd[keys[0]]
+    b = first.shape[0]
+    mags = torch.cat([sd[k].reshape(b, -1).abs() for k in keys], dim=1)
+    q = q_max * _draw(torch.rand, (b,), first, generator)
+    ranked = mags.sort(dim=1).values
+    index = (q * (ranked.shape[1] - 1)).long()
+    threshold = ranked.gather(1, index[:, None])[:, 0]
+    out = dict(sd)
+    for k in keys:
+        x = sd[k]
+        out[k] = x * (x.abs() >= threshold.reshape(-1, *[1] * (x.dim() - 1)))
+    return out

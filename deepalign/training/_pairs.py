@@ -1,0 +1,81 @@
+"""Training pairs drawn from a zoo held in memory.
+
+* labelled: ``(v, t # aug(v))`` for a random hidden permutation ``t``; the target is the perm
+  that aligns B to A, ``t^{-1}`` (``permute(t # v, t^{-1}) = v``, CONTRACTS.md);
+* unlabelled: two different networks of the zoo.
+
+Everything is drawn from the generator handed to :meth:`PairSampler.sample`, so a run is
+reproducible from ``(seed, step, rank)`` alone and resuming needs no sampler state.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from deepalign.training._augment import Augmentation, augment
+from deepalign.weightspace import invert_permutations, permute, random_permutations
+
+
+@dataclass
+class PairBatch:
+    """One batch of training items: a network with a labelled and an unlabelled partner.
+
+    Attributes
+    ----------
+    a : dict of str to Tensor, (B, *shape)
+        Zoo networks, the A side of both pairs.
+    labelled_b : dict of str to Tensor, (B, *shape)
+        ``t # aug(a)``.
+    target : dict of str to LongTensor, (B, n)
+        Perms aligning ``labelled_b`` to ``a``.
+    unlabelled_b : dict of str to Tensor, (B, *shape)
+        Another zoo network per item.
+    """
+
+    a: dict
+    labelled_b: dict
+    target: dict
+    unlabelled_b: dict
+
+
+class PairSampler:
+    """Samples :class:`PairBatch` es from a stacked set of networks.
+
+    Parameters
+    ----------
+    nets : dict of str to Tensor, each (N, *shape)
+        The training networks (e.g. ``zoo.stacked(zoo.split["train"])``), N >= 2.
+    spec : PermutationSpec
+    layout : deepalign.nn.WeightLayout
+    augmentation : Augmentation
+    """
+
+    def __init__(self, nets: dict, spec, layout, augmentation: Augmentation = Augmentation()):
+        self.nets, self.spec, self.layout, self.aug = nets, spec, layout, augmentation
+        self.count = next(iter(nets.values())).shape[0]
+        if self.count < 2:
+            raise ValueError(f"nets: need at least 2 networks for pairs, got {self.count}")
+        self.sizes = spec.perm_sizes(nets, batched=True)
+
+    def _take(self, idx: torch.Tensor) -> dict:
+        return {k: v[idx] for k, v in self.nets.items()}
+
+    def partners(self, a: dict, generator: torch.Generator) -> tuple:
+        """``(t # aug(a), t^{-1})`` for a batch ``a``: the labelled partner and its target."""
+        first = next(iter(a.values()))
+        t = {k: v.to(first.device)
+             for k, v in random_permutations(self.sizes, first.shape[0], generator).items()}
+        b = permute(augment(a, self.layout, self.aug, generator), self.spec, t)
+        return b, invert_permutations(t)
+
+    def labelled(self, n: int, generator: torch.Generator) -> tuple:
+        """``(a, b, target)``: ``n`` random networks ``a``, ``b = t # aug(a)``, ``t^{-1}``."""
+        a = self._take(torch.randint(self.count, (n,), generator=generator))
+        return (a, *self.partners(a, generator))
+
+    def sample(self, n: int, generator: torch.Generator) -> PairBatch:
+        """``n`` items: random networks, each with a labelled and an unlabelled partner."""
+        i = torch.randint(self.count, (n,), generator=generator)
+        j = (i + torch.randint(1, self.count, (n,), generator=generator)) % self.count
+        a = self._take(i)
+        b, target = self.partners(a, generator)
+        return PairBatch(a, b, target, self._take(j))

@@ -1,0 +1,234 @@
+"""Label-free training of ``DeepAlign`` on a model zoo (Navon et al., ICML 2024, §3).
+
+One step: ``batch_size`` items, each a zoo network ``v`` with a labelled partner
+``t # aug(v)`` and an unlabelled partner (another zoo network), as the official code's item;
+all ``3 * batch_size`` networks are encoded in one call (``v`` once for both pairs).
+Loss ``= w_s * supervised + w_a * alignment + w_i * interpolation`` (``_losses``), AdamW,
+gradient-norm clipping. Every ``eval_every`` steps the validation barrier
+(``BarrierValidator``) selects ``best.pt``; every ``checkpoint_every`` steps ``checkpoint.pt``
+is written atomically so that ``resume=True`` after a kill repeats at most that many steps.
+The pairs, images and interpolation weights of step ``s`` on rank ``r`` come from a generator
+seeded with ``(seed, s, r)``: a run is deterministic and resumes bit-for-bit.
+
+Under ``torchrun --nproc_per_node N`` the same call trains data-parallel (DDP; gloo on CPU,
+NCCL on GPU), each rank drawing ``batch_size / N`` items; rank 0 validates and writes files.
+"""
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from deepalign.data import load_dataset
+from deepalign.nn import DeepAlign
+from deepalign.training._augment import Augmentation
+from deepalign.training._checkpoint import BEST, load_checkpoint, save_checkpoint
+from deepalign.training._distributed import (any_rank, barrier_if_distributed,
+                                             broadcast_buffers, init_distributed,
+                                             max_divergence)
+from deepalign.training._logging import MetricLog
+from deepalign.training._losses import alignment_loss, interpolation_loss, supervised_loss
+from deepalign.training._pairs import PairSampler
+from deepalign.training._plot import plot_training
+from deepalign.training._selection import BarrierValidator
+from deepalign.weightspace import PermutationSpec, permute
+from deepalign.zoo import Zoo
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (the encoder's are an ``EncoderConfig``).
+
+    ``time_limit``: stop (validate, checkpoint, save) after this many minutes of wall time
+    (0: run all ``steps``); the clock survives ``resume``.
+    """
+
+    steps: int = 1500
+    batch_size: int = 32
+    image_batch: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    clip: float = 1.0
+    supervised_weight: float = 1.0
+    alignment_weight: float = 1.0
+    interpolation_weight: float = 1.0
+    sinkhorn_iters: int = 20
+    tau: float = 1.0
+    eval_every: int = 100
+    checkpoint_every: int = 50
+    val_pairs: int = 32
+    val_images: int = 1024
+    val_points: int = 11
+    seed: int = 0
+    time_limit: float = 0.0
+    augmentation: dict = field(default_factory=lambda: asdict(Augmentation()))
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "image_batch", "eval_every", "checkpoint_every",
+                     "val_pairs", "sinkhorn_iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        Augmentation(**self.augmentation)
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The generator of one step on one rank (a fixed mix of the three integers)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+
+
+class _StepLoss(torch.nn.Module):
+    """The aligner plus the loss of one batch, as one module DDP can wrap."""
+
+    def __init__(self, aligner: DeepAlign, spec, config: TrainConfig):
+        super().__init__()
+        self.aligner, self.config = aligner, config
+        self.spec = spec
+        self.keys = [k for s in aligner.layout.slots for k in (s.weight, s.bias) if k]
+
+    def forward(self, batch, task_model, x, y, lam) -> tuple:
+        cfg = self.config
+        emb_a, emb_lab, emb_unl = self.aligner.embed(batch.a, batch.labelled_b,
+                                                     batch.unlabelled_b)
+        parts = {"supervised": supervised_loss(self.aligner.logits(emb_a, emb_lab),
+                                               batch.target)}
+        plans = self.aligner.plans(emb_a, emb_unl, cfg.sinkhorn_iters, cfg.tau)
+        aligned = permute(batch.unlabelled_b, self.spec, plans)
+        parts["alignment"] = alignment_loss(batch.a, aligned, self.keys)
+        parts["interpolation"] = interpolation_loss(task_model, batch.a, aligned, x, y, lam)
+        loss = (cfg.supervised_weight * parts["supervised"] + cfg.alignment_weight *
+                parts["alignment"] + cfg.interpolation_weight * parts["interpolation"])
+        return loss, parts
+
+
+def _spec_of(model, data) -> PermutationSpec:
+    return PermutationSpec.from_module(model, torch.zeros(1, *data.image_shape))
+
+
+def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
+          resume: bool = False, device="cpu", progress: bool = True, tensorboard: bool = False,
+          plot: bool = True, **encoder_overrides) -> DeepAlign:
+    """Train a ``DeepAlign`` aligner on a classifier zoo; returns it (final weights, eval mode).
+
+    Parameters
+    ----------
+    zoo : str or deepalign.zoo.Zoo
+    out : str
+        Run directory: ``checkpoint.pt``, ``best.pt`` (lowest validation barrier),
+        ``final.pt``, ``metrics.csv``, ``curves.png``. Under DDP the replicas are checked to
+        be identical at the end (``ddp/max_divergence`` in the metrics; an error otherwise).
+    encoder : str, dict or EncoderConfig
+        Preset name ('default', 'paper') or configuration of the encoder.
+    config : TrainConfig
+    resume : bool
+        Continue from ``out/checkpoint.pt`` (error if there is none).
+    device : str or torch.device
+    progress, tensorboard : bool
+    plot : bool
+        Draw ``out/curves.png`` at the end.
+    **encoder_overrides
+        ``EncoderConfig`` fields.
+    """
+    device = torch.device(device)
+    zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    if zoo.dataset is None:
+        raise ValueError(f"zoo {zoo.path}: no image data set recorded; the interpolation loss "
+                         "and the validation barrier need one")
+    rank, world, device = init_distributed(device)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
+                         f"{world} data-parallel ranks")
+    data = load_dataset(zoo.dataset)
+    task_model = zoo.build_model().to(device)
+    spec = _spec_of(task_model.cpu(), data)
+    task_model.to(device)
+    train_nets = {k: v.to(device) for k, v in zoo.stacked(zoo.split["train"]).items()}
+    torch.manual_seed(config.seed)
+    aligner = DeepAlign.from_spec(spec, train_nets, encoder, **encoder_overrides).to(device)
+    aligner.task = {"model": zoo.config, "dataset": zoo.dataset}
+    optimizer = torch.optim.AdamW(aligner.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay, amsgrad=True)
+    start, best, elapsed = 0, {"barrier": float("inf"), "step": -1}, 0.0
+    if resume:
+        state = load_checkpoint(out, map_location=device)
+        if state is None:
+            raise FileNotFoundError(f"resume: no checkpoint in {out}")
+        aligner.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, best, elapsed = int(state["step"]), dict(state["best"]), float(state["elapsed"])
+    sampler = PairSampler(train_nets, spec, aligner.layout, Augmentation(**config.augmentation))
+    x_all, y_all = data.X_train.to(device), data.y_train.to(device)
+    step_loss = _StepLoss(aligner, spec, config)
+    runner = step_loss if world == 1 else DistributedDataParallel(step_loss)
+    lead = rank == 0
+    log = validator = None
+    if lead:
+        os.makedirs(out, exist_ok=True)
+        log = MetricLog(out, tensorboard, resume_step=start if resume else None)
+        val_data = (x_all[:config.val_images], y_all[:config.val_images])
+        val_nets = {k: v.to(device) for k, v in zoo.stacked(zoo.split["val"]).items()}
+        validator = BarrierValidator(val_nets, spec, task_model, val_data, config.val_pairs,
+                                     config.val_points, config.seed)
+    per_rank = config.batch_size // world
+    bar = tqdm(range(start, config.steps), desc="train deep-align", disable=not (progress and lead),
+               initial=start, total=config.steps)
+    aligner.train()
+    done = start
+    for step in bar:
+        tick = time.perf_counter()
+        gen = step_generator(config.seed, step, rank)
+        batch = sampler.sample(per_rank, gen)
+        pick = torch.randint(len(x_all), (config.image_batch,), generator=gen).to(device)
+        lam = torch.rand(per_rank, generator=gen)
+        torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=gen)))  # dropout
+        loss, parts = runner(batch, task_model, x_all[pick], y_all[pick], lam.to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"step {step}: training loss is {float(loss)}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(aligner.parameters(), config.clip)
+        optimizer.step()
+        done, seconds = step + 1, time.perf_counter() - tick
+        elapsed += seconds
+        last = done == config.steps or any_rank(0 < config.time_limit * 60 <= elapsed, device)
+        if lead:
+            log.log(done, {"loss": loss.detach(),
+                           **{f"loss/{k}": v.detach() for k, v in parts.items()},
+                           "grad_norm": grad_norm, "pairs_per_s": 2 * per_rank * world / seconds,
+                           "time_s": elapsed})
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if done % config.eval_every == 0 or last:
+                best = _validate(aligner, validator, log, done, best, out)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", val=f"{best['last']:.3f}")
+            if done % config.checkpoint_every == 0 or last:
+                save_checkpoint(out, aligner, optimizer, done, best, asdict(config), elapsed)
+        barrier_if_distributed()
+        elapsed += time.perf_counter() - tick - seconds  # validation and checkpoint time
+        if last:
+            break
+    aligner.eval()
+    divergence = None
+    if world > 1:
+        broadcast_buffers(aligner)
+        divergence = max_divergence(aligner)
+    if lead:
+        if divergence is not None:
+            log.log(done, {"ddp/max_divergence": divergence})
+        aligner.save(os.path.join(out, "final.pt"))
+        log.close()
+        if plot:
+            plot_training(out, os.path.join(out, "curves.png"))
+    if divergence:
+        raise RuntimeError(f"data-parallel replicas diverged (max |diff| {divergence:.3g})")
+    return aligner
+
+
+def _validate(aligner, validator, log, step: int, best: dict, out: str) -> dict:
+    result = validator(aligner)
+    log.log(step, {f"val/{k}": v for k, v in result.items()})
+    best = dict(best, last=result["barrier"])
+    if result["barrier"] < best["barrier"]:
+        best.update(barrier=result["barrier"], step=step, exact=result["exact"])
+        aligner.save(os.path.join(out, BEST))
+    return best

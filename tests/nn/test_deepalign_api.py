@@ -1,0 +1,140 @@
+"""DeepAlign's public API: perms in the baselines' format, save/load, input errors."""
+import pytest
+import torch
+
+from deepalign import PermutationSpec, permute
+from deepalign.models import CNN, MLP
+from deepalign.nn import DeepAlign, WeightLayout
+from deepalign.testing import random_state_dict
+from deepalign.weightspace import random_permutations
+
+SMALL = {"hidden": 8, "n_hidden": 1, "out_features": 8}
+
+
+@pytest.fixture
+def mlp():
+    model = MLP(10, hidden=(6, 5), out_features=3)
+    return model, PermutationSpec.from_module(model, torch.zeros(1, 10))
+
+
+def test_align_recovers_a_permutation_and_feeds_permute(mlp):
+    model, spec = mlp
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), **SMALL).double().eval()
+    a = random_state_dict(model, 4, generator=gen)
+    t = random_permutations(spec.perm_sizes(a, batched=True), 4, gen)
+    b = permute(a, spec, t)
+    perms = aligner.align(a, b)
+    assert set(perms) == set(spec.perm_names)
+    assert all(p.dtype == torch.int64 and p.shape == (4, spec.perm_sizes(a, True)[k])
+               for k, p in perms.items())
+    back = permute(b, spec, perms)
+    for k in a:
+        torch.testing.assert_close(back[k], a[k])
+    plans = aligner.soft_align(a, b, n_iters=200)
+    for k, p in plans.items():
+        assert p.shape == (4, perms[k].shape[1], perms[k].shape[1])
+        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+        torch.testing.assert_close(p.sum(-2), torch.ones_like(p.sum(-2)), atol=1e-2, rtol=0)
+
+
+def test_save_load_round_trip(mlp, tmp_path):
+    model, spec = mlp
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), "paper", **SMALL)
+    with torch.no_grad():
+        aligner.scale.fill_(2.5)
+    aligner.eval()
+    aligner.save(tmp_path / "aligner.pt")
+    loaded = DeepAlign.load(tmp_path / "aligner.pt")
+    assert loaded.config == aligner.config and not loaded.training
+    a, b = random_state_dict(model, 2, dtype=torch.float32), random_state_dict(model, 2,
+                                                                                dtype=torch.float32)
+    for k, v in aligner(a, b).items():
+        torch.testing.assert_close(loaded(a, b)[k], v, rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aligner.pt"]  # no temp files left
+
+
+def test_load_rejects_other_files(tmp_path):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a DeepAlign file"):
+        DeepAlign.load(tmp_path / "other.pt")
+
+
+def test_parameter_count_does_not_grow_quadratically_with_depth():
+    def count(depth):
+        model = MLP(16, hidden=(8,) * depth, out_features=4)
+        spec = PermutationSpec.from_module(model, torch.zeros(1, 16))
+        aligner = DeepAlign.from_spec(spec, model.state_dict())
+        return sum(p.numel() for p in aligner.parameters()), len(list(aligner.modules()))
+
+    (p2, m2), (p4, m4), (p8, m8) = count(2), count(4), count(8)
+    assert m2 == m4 == m8  # modules per equivariant layer do not depend on the layer count
+    assert p8 - p4 == pytest.approx(2 * (p4 - p2), rel=0.05)  # linear growth
+
+
+def test_one_encoder_accepts_any_input_width_when_downsampling():
+    def aligner_for(width):
+        model = MLP(width, hidden=(6, 5), out_features=3)
+        spec = PermutationSpec.from_module(model, torch.zeros(1, width))
+        torch.manual_seed(0)
+        return DeepAlign.from_spec(spec, model.state_dict(), downsample=4, **SMALL), model
+
+    (narrow, m1), (wide, m2) = aligner_for(12), aligner_for(300)
+    wide.load_state_dict(narrow.state_dict())  # same parameters, different input widths
+    out = wide.eval()(random_state_dict(m2, 2, torch.float32), random_state_dict(m2, 2,
+                                                                                  torch.float32))
+    assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_cnn_head_is_folded_per_channel():
+    model = CNN(in_channels=1, channels=(4, 6), out_features=3, image_size=(8, 8), pool=[0, 1])
+    spec = PermutationSpec.from_module(model, torch.zeros(1, 1, 8, 8))
+    layout = WeightLayout.from_spec(spec, model.state_dict())
+    assert [(s.d_out, s.d_in, s.taps) for s in layout.slots] == [(4, 1, 9), (6, 4, 9), (3, 6, 4)]
+    assert layout.taps == 9 and layout.set_sizes == [1, 4, 6, 3]
+
+
+def test_bad_inputs_raise_clear_errors(mlp):
+    model, spec = mlp
+    sd = model.state_dict()
+    aligner = DeepAlign.from_spec(spec, sd, **SMALL)
+    a = random_state_dict(model, 2, dtype=torch.float32)
+    with pytest.raises(ValueError, match="both be single networks or batches"):
+        aligner(a, {k: v[0] for k, v in a.items()})
+    with pytest.raises(ValueError, match="layers.0.weight"):
+        aligner({**a, "layers.0.weight": torch.zeros(2, 7, 10)}, a)
+    with pytest.raises(ValueError, match="unknown encoder options"):
+        DeepAlign.from_spec(spec, sd, widht=3)
+    with pytest.raises(ValueError, match="unknown preset"):
+        DeepAlign.from_spec(spec, sd, "huge")
+    residual = PermutationSpec({"a.weight": ("P", None), "b.weight": ("P", "P"),
+                                "c.weight": (None, "P")})
+    shapes = {"a.weight": torch.zeros(4, 3), "b.weight": torch.zeros(4, 4),
+              "c.weight": torch.zeros(2, 4)}
+    with pytest.raises(ValueError, match="chains"):
+        DeepAlign.from_spec(residual, shapes)
+
+
+def test_check_compatible(mlp):
+    model, spec = mlp
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), **SMALL)
+    aligner.check_compatible(spec, model.state_dict())
+    other = MLP(10, hidden=(6, 4), out_features=3)
+    other_spec = PermutationSpec.from_module(other, torch.zeros(1, 10))
+    with pytest.raises(ValueError, match="built for layers"):
+        aligner.check_compatible(other_spec, other.state_dict())
+
+
+def test_perms_initialise_sinkhorn_rebasin(mlp):
+    from deepalign import sinkhorn_rebasin
+
+    model, spec = mlp
+    gen = torch.Generator().manual_seed(3)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), **SMALL).eval()
+    a = random_state_dict(model, dtype=torch.float32, generator=gen)
+    b = random_state_dict(model, dtype=torch.float32, generator=gen)
+    init = aligner.align(a, b)
+    data = (torch.randn(16, 10, generator=gen), torch.randint(3, (16,), generator=gen))
+    out = sinkhorn_rebasin(model, a, b, spec, data, init=init, n_steps=2, batch_size=8)
+    assert out is not None

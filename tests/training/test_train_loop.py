@@ -1,0 +1,115 @@
+"""The trainer: determinism, checkpoint/resume, files written, the CLI, data parallelism."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deepalign.cli import main as cli_main
+from deepalign.nn import DeepAlign
+from deepalign.training import TrainConfig, load_checkpoint, read_metrics, train
+from deepalign.training import _trainer
+
+TINY = {"hidden": 8, "n_hidden": 1, "out_features": 8}
+
+
+@pytest.fixture
+def zoo(align_zoo):
+    return align_zoo
+
+
+def _config(**kw):
+    base = dict(steps=4, batch_size=4, image_batch=32, eval_every=2, checkpoint_every=2,
+                val_pairs=4, val_images=128, val_points=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"{k} differs")
+
+
+@pytest.mark.slow
+def test_train_writes_run_files_and_is_deterministic(zoo, tmp_path):
+    first = train(zoo, str(tmp_path / "a"), config=_config(), progress=False, **TINY)
+    second = train(zoo, str(tmp_path / "b"), config=_config(), progress=False, plot=False,
+                   **TINY)
+    _same_state(first.state_dict(), second.state_dict())
+    for name in ("best.pt", "final.pt", "checkpoint.pt", "metrics.csv", "curves.png"):
+        assert os.path.isfile(tmp_path / "a" / name), name
+    metrics = read_metrics(str(tmp_path / "a"))
+    assert [s for s, _ in metrics["val/barrier"]] == [2, 4]
+    assert len(metrics["loss"]) == 4 and all(v == v for _, v in metrics["loss"])
+    best = DeepAlign.load(tmp_path / "a" / "best.pt")
+    assert not best.training and best.perm_names == first.perm_names
+
+
+@pytest.mark.slow
+def test_resume_after_kill_continues_bit_for_bit(zoo, tmp_path, monkeypatch):
+    straight = train(zoo, str(tmp_path / "straight"), config=_config(steps=6), progress=False,
+                     plot=False, **TINY)
+    out = str(tmp_path / "killed")
+    real = _trainer.step_generator
+
+    def killed_at_step_3(seed, step, rank):
+        if step == 3:
+            raise KeyboardInterrupt  # steps 1-3 are done, the last checkpoint is step 2
+        return real(seed, step, rank)
+
+    monkeypatch.setattr(_trainer, "step_generator", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(zoo, out, config=_config(steps=6), progress=False, plot=False, **TINY)
+    monkeypatch.setattr(_trainer, "step_generator", real)
+    assert load_checkpoint(out)["step"] == 2
+    resumed = train(zoo, out, config=_config(steps=6), resume=True, progress=False, plot=False,
+                    **TINY)
+    _same_state(straight.state_dict(), resumed.state_dict())
+    steps = [s for s, _ in read_metrics(out)["loss"]]
+    assert steps == list(range(1, 7))  # step 3's row from before the kill was dropped
+
+
+def test_resume_without_checkpoint_is_an_error(zoo, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(zoo, str(tmp_path / "none"), config=_config(), resume=True, progress=False, **TINY)
+
+
+def test_cli_train_runs(zoo, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = cli_main(["train", "--zoo", zoo.path, "--out", str(out), "--steps", "2",
+                     "--batch-size", "2", "--eval-every", "2", "--val-pairs", "2",
+                     "--val-images", "64", "--val-points", "3", "--hidden", "8",
+                     "--n-hidden", "1", "--out-features", "8", "--no-progress"])
+    assert code == 0 and (out / "best.pt").is_file()
+    assert "parameter aligner" in capsys.readouterr().out
+
+
+def test_aligner_from_zoo_fits_its_networks(zoo):
+    aligner = DeepAlign.from_zoo(zoo, **TINY).eval()
+    perms = aligner.align(zoo.stacked([0, 1]), zoo.stacked([2, 3]))
+    assert {k: tuple(v.shape) for k, v in perms.items()} == {n: (2, 16) for n in perms}
+    assert len(perms) == 2
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="dropout"):
+        TrainConfig(augmentation={"noise": 0.01, "dropout": 1.5, "pos_scale": 0.1,
+                                  "quantile_dropout": 0.1})
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_ranks_keep_identical_parameters(zoo, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "deepalign.cli", "train", "--zoo", zoo.path, "--out", str(out), "--steps", "3",
+           "--batch-size", "4", "--eval-every", "3", "--val-pairs", "2", "--val-images", "64",
+           "--val-points", "3", "--hidden", "8", "--n-hidden", "1", "--out-features", "8",
+           "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    divergence = read_metrics(str(out))["ddp/max_divergence"]
+    assert divergence == [(3, 0.0)]
