@@ -34,3 +34,14 @@
 #define DA_CHECK_SAME_DTYPE(a, b, na, nb)                                                     \
   TORCH_CHECK_TYPE((a).scalar_type() == (b).scalar_type(), na " and " nb                      \
                    " must have the same dtype, got ", (a).scalar_type(), " and ", (b).scalar_type())
+
+// A batch of assignment problems: (B, n, m) float32/float64 with n <= m. `name` is the
+// argument as the caller knows it ("cost", "scores").
+inline void check_assignment_input(const at::Tensor& cost, const char* name) {
+  TORCH_CHECK(cost.dim() == 3, name, " must be (B, n, m) (3-D), got shape ", cost.sizes());
+  TORCH_CHECK_TYPE(cost.scalar_type() == at::kFloat || cost.scalar_type() == at::kDouble, name,
+                   " must be float32 or float64, got ", cost.scalar_type());
+  TORCH_CHECK(cost.size(1) <= cost.size(2), name,
+              " must have no more rows than columns (n <= m), got shape ", cost.sizes(),
+              "; transpose it");
+}

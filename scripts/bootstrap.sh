@@ -18,8 +18,10 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ "$
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 fi
 # Build against the torch above, never in an isolated env (that would pull another torch).
+# The editable install builds the extension in place; later runs rebuild only what changed.
 if ! "$PY" -m pip show -q deepalign >/dev/null 2>&1; then
   MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
+else
+  MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py -q build_ext --inplace
 fi
-MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py -q build_ext --inplace
 "$VENV/bin/deepalign" info

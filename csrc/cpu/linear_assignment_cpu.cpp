@@ -193,12 +193,8 @@ class Solver {
 }  // namespace
 
 at::Tensor linear_assignment_cpu_named(const at::Tensor& cost, bool maximize, const char* name) {
-  TORCH_CHECK(cost.dim() == 3, name, " must be (B, n, m) (3-D), got shape ", cost.sizes());
-  TORCH_CHECK_TYPE(cost.scalar_type() == at::kFloat || cost.scalar_type() == at::kDouble, name,
-                   " must be float32 or float64, got ", cost.scalar_type());
+  check_assignment_input(cost, name);
   const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2);
-  TORCH_CHECK(n <= m, name, " must have no more rows than columns (n <= m), got shape ",
-              cost.sizes(), "; transpose it");
   const at::Tensor c = cost.contiguous();
   at::Tensor cols = at::empty({batch, n}, cost.options().dtype(at::kLong));
   if (batch == 0 || n == 0) return cols;

@@ -12,7 +12,7 @@ import time
 DEMO_ARCH = {"arch": "mlp", "in_features": 64, "hidden": [32, 32, 32], "out_features": 10}
 
 
-def run_demo(out: str = "runs/demo", models: int = 600, train_minutes: float = 4.0,
+def run_demo(out: str = "runs/demo", models: int = 800, train_minutes: float = 5.0,
              pairs: int = 32, sinkhorn_steps: int = 500, seed: int = 0) -> dict:
     """Train a zoo and an aligner, evaluate every method; returns the paths written."""
     from deepalign.cli._evaluate import evaluate_zoo
@@ -44,8 +44,8 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="zoo + Deep-Align training + evaluation on digits",
                        description=__doc__)
     p.add_argument("--out", default="runs/demo", help="output folder (default %(default)s)")
-    p.add_argument("--models", type=int, default=600, help="zoo size (default %(default)s)")
-    p.add_argument("--train-minutes", type=float, default=4.0,
+    p.add_argument("--models", type=int, default=800, help="zoo size (default %(default)s)")
+    p.add_argument("--train-minutes", type=float, default=5.0,
                    help="Deep-Align training time (default %(default)s)")
     p.add_argument("--pairs", type=int, default=32, help="test pairs (default %(default)s)")
     p.add_argument("--sinkhorn-steps", type=int, default=500,

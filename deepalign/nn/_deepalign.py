@@ -21,7 +21,7 @@ from deepalign import ops
 from deepalign.data import load_dataset
 from deepalign.nn._encoder import WeightSpaceEncoder, make_config
 from deepalign.nn._layout import WeightLayout
-from deepalign.nn._serialization import atomic_save
+from deepalign._io import save_atomic
 from deepalign.weightspace import PermutationSpec
 
 _FORMAT = "deepalign.DeepAlign/1"
@@ -165,7 +165,7 @@ class DeepAlign(nn.Module):
 
     def save(self, path) -> None:
         """Write config, layout and weights to one file, atomically."""
-        atomic_save({"format": _FORMAT, "layout": self.layout.to_dict(),
+        save_atomic({"format": _FORMAT, "layout": self.layout.to_dict(),
                      "config": self.config.to_dict(), "state_dict": self.state_dict(),
                      "task": self.task}, path)
 

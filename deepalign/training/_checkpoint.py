@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from deepalign.nn._serialization import atomic_save
+from deepalign._io import save_atomic
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -22,7 +22,7 @@ def save_checkpoint(out: str, aligner, optimizer, step: int, best: dict, config:
     ``elapsed``: training wall time so far, in seconds (for ``time_limit`` across resumes).
     """
     path = os.path.join(out, CHECKPOINT)
-    atomic_save({"format": _FORMAT, "step": step, "best": best, "config": config,
+    save_atomic({"format": _FORMAT, "step": step, "best": best, "config": config,
                  "elapsed": float(elapsed),
                  "layout": aligner.layout.to_dict(), "encoder": aligner.config.to_dict(),
                  "model": aligner.state_dict(), "optimizer": optimizer.state_dict()}, path)
