@@ -34,7 +34,7 @@ def _initial_logits(init, sizes: dict, width: int, scale: float, generator, like
 def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
                      spec: PermutationSpec, data, init: Mapping | None = None,
                      n_steps: int = 1000, lr: float = 5e-2, n_sinkhorn: int = 20,
-                     tau: float = 1.0, l2_weight: float = 1.0, init_scale: float = 10.0,
+                     tau: float = 1.0, l2_weight: float = 1.0, init_scale: float = 1.0,
                      batch_size: int = 128, loss_fn: Callable | None = None, seed: int = 0,
                      grad_mode: str = "unrolled", progress: bool = False,
                      callback: Callable | None = None) -> dict:
@@ -70,7 +70,9 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     init : dict of str to Tensor, optional
         Starting point: hard perms (``(n,)``/``(B, n)``, e.g. from weight matching or
         Deep-Align) become logits ``init_scale * onehot(p)``; float ``(n, n)``/``(B, n, n)``
-        tensors are used as logits directly. Default: ``I + 0.1 N(0, 1)``.
+        tensors are used as logits directly. Default: ``I + 0.1 N(0, 1)``. Scale 1 lets Adam
+        leave the init within tens of steps; at 10 refinement stalled for hundreds (32 digits
+        MLP pairs, 300 steps from weight matching: barrier 0.134 at scale 1, 0.172 at 3).
     n_steps, lr, n_sinkhorn, tau, l2_weight, init_scale, batch_size, seed
         As described above; ``seed`` drives the init noise, the minibatches and lambda.
     grad_mode : {"unrolled", "implicit"}
