@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 B=build/cmake
+mkdir -p build
 TORCH_PREFIX=$("$PY" -c "import torch; print(torch.utils.cmake_prefix_path)")
 cmake -S . -B "$B" -G Ninja -DCMAKE_MAKE_PROGRAM="$PWD/.venv/bin/ninja" \
   -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DPython3_EXECUTABLE="$PWD/$PY" -Wno-dev >"$B.log" 2>&1 \
