@@ -1,4 +1,5 @@
 """Crash-safe file writes and state_dict files: a kill leaves the old file or the new one."""
+import io
 import json
 import os
 import tempfile
@@ -37,8 +38,6 @@ def write_json_atomic(path, obj) -> None:
 
 def save_atomic(obj, path) -> None:
     """``torch.save(obj)`` to ``path`` atomically."""
-    import io
-
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_bytes_atomic(path, buffer.getvalue())
