@@ -1,4 +1,5 @@
 """Rebuild a zoo architecture from its plain-JSON config."""
+import torch
 from torch import nn
 
 from deepalign.models._cnn import CNN
@@ -32,3 +33,18 @@ def build_model(config: dict) -> nn.Module:
         return arch(**kwargs)
     except TypeError as exc:
         raise ValueError(f"config does not fit {arch.__name__}: {exc}") from exc
+
+
+def example_input(config: dict) -> torch.Tensor:
+    """One zero input sample (batch of 1) that a model built from ``config`` accepts.
+
+    What ``PermutationSpec.from_module`` traces with: (1, in_features) for MLPs and SIRENs,
+    (1, in_channels, H, W) for CNNs.
+    """
+    keys = ("in_channels", "image_size") if config.get("arch") == "cnn" else ("in_features",)
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise ValueError(f"config {config!r} lacks {missing}: cannot build an example input")
+    if config["arch"] == "cnn":
+        return torch.zeros(1, config["in_channels"], *config["image_size"])
+    return torch.zeros(1, config["in_features"])

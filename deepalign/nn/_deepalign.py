@@ -18,11 +18,9 @@ import torch
 from torch import nn
 
 from deepalign import ops
-from deepalign.data import load_dataset
 from deepalign.nn._encoder import WeightSpaceEncoder, make_config
 from deepalign.nn._layout import WeightLayout
 from deepalign._io import save_atomic
-from deepalign.weightspace import PermutationSpec
 
 _FORMAT = "deepalign.DeepAlign/1"
 
@@ -65,14 +63,8 @@ class DeepAlign(nn.Module):
 
     @classmethod
     def from_zoo(cls, zoo, config="default", **overrides) -> "DeepAlign":
-        """An aligner for the architecture of a classifier ``deepalign.zoo.Zoo``."""
-        if zoo.dataset is None:
-            raise ValueError(f"zoo {zoo.path}: no data set recorded, so no input shape to "
-                             "trace the architecture with; use DeepAlign.from_spec")
-        model = zoo.build_model()
-        example = torch.zeros(1, *load_dataset(zoo.dataset).image_shape)
-        aligner = cls.from_spec(PermutationSpec.from_module(model, example),
-                                model.state_dict(), config, **overrides)
+        """An aligner for the architecture of a ``deepalign.zoo.Zoo`` (classifiers or INRs)."""
+        aligner = cls.from_spec(zoo.spec(), zoo.build_model().state_dict(), config, **overrides)
         aligner.task = {"model": zoo.config, "dataset": zoo.dataset}
         return aligner
 

@@ -6,7 +6,8 @@ import os
 import torch
 from safetensors.torch import load as safetensors_load
 
-from deepalign.models import build_model
+from deepalign.models import build_model, example_input
+from deepalign.weightspace import PermutationSpec
 from deepalign.zoo._format import ZooFormatError, read_manifest
 
 
@@ -63,6 +64,15 @@ class Zoo:
     def build_model(self) -> torch.nn.Module:
         """A fresh module of the zoo's architecture (its state_dict keys are ``self.keys``)."""
         return build_model(self.config)
+
+    def spec(self):
+        """The zoo architecture's ``PermutationSpec`` (derived with ``torch.fx``)."""
+        return PermutationSpec.from_module(self.build_model(), example_input(self.config))
+
+    @property
+    def fits_images(self) -> bool:
+        """True for INR zoos (model ``i`` fits training image ``i // views``)."""
+        return self.manifest["training"].get("task") == "fit-images"
 
     @property
     def main_metric(self) -> str:

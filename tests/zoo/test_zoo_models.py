@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from deepalign.models import CNN, MLP, SIREN, batched_forward, build_model
+from deepalign.models import CNN, MLP, SIREN, batched_forward, build_model, example_input
 
 ARCHS = [MLP(12, [5, 4], 3), CNN(2, [4, 6, 5], 3, image_size=(8, 6)), SIREN(2, [7, 7], 3)]
 INPUTS = {"mlp": (1, 3, 4), "cnn": (2, 8, 6), "siren": (2,)}
@@ -86,3 +86,14 @@ def test_siren_fits_the_paper_shape():
         for p in siren.parameters():
             p.zero_()
     assert torch.equal(siren(torch.rand(5, 2)), torch.full((5, 1), 0.5))
+
+
+@pytest.mark.parametrize("model", ARCHS, ids=lambda m: m.config["arch"])
+def test_example_input_runs_through_the_model(model):
+    x = example_input(model.config)
+    assert x.shape[0] == 1 and model(x).shape == (1, model.config["out_features"])
+
+
+def test_example_input_names_what_is_missing():
+    with pytest.raises(ValueError, match="image_size"):
+        example_input({"arch": "cnn", "in_channels": 1})
