@@ -37,7 +37,7 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
                      tau: float = 1.0, l2_weight: float = 1.0, init_scale: float = 1.0,
                      batch_size: int = 128, loss_fn: Callable | None = None, seed: int = 0,
                      grad_mode: str = "unrolled", progress: bool = False,
-                     callback: Callable | None = None) -> dict:
+                     callback: Callable | None = None, targets_per_pair: bool = False) -> dict:
     r"""Align B to A with learned soft permutations (the "C_Rnd" Sinkhorn baseline).
 
     Each permutation of each pair is parameterised by free logits ``Q`` of shape (n, n) and
@@ -87,6 +87,9 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     callback : callable (step, perms) -> None, optional
         Called before the first step (``step = 0``) and after every step with the hard perms
         that rounding the current logits gives (``(B, n)`` per name); for convergence studies.
+    targets_per_pair : bool
+        ``data`` is ``(x, y)`` with ``y`` (B, N, ...): each pair's own targets for the shared
+        inputs (INR pairs fitting one image; pass ``loss_fn=deepalign.evaluation.squared_error``).
 
     Returns
     -------
@@ -112,7 +115,7 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     a = {k: v.detach() for k, v in a.items()}
     weights = [k for k in floats if k not in buffers]
     n_weights = sum(a[k][0].numel() for k in weights)
-    batches = sample_batches(data, batch_size, generator)
+    batches = sample_batches(data, batch_size, generator, targets_per_pair)
     def rounded() -> dict:
         return {name: linear_assignment(q.detach(), maximize=True) for name, q in logits.items()}
 
@@ -131,7 +134,10 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
                  if k in floats else a[k] for k in a}
         mixed = {k: v.detach() if k in buffers else v for k, v in mixed.items()}
         out = forward_eval(model, mixed, x)  # (B, N, ...)
-        target = y.repeat(width, *([1] * (y.dim() - 1)))
+        if targets_per_pair and y.shape[0] != width:
+            raise ValueError(f"data: targets_per_pair needs y of shape ({width}, N, ...), got "
+                             f"{tuple(y.shape)}")
+        target = y.flatten(0, 1) if targets_per_pair else y.repeat(width, *([1] * (y.dim() - 1)))
         task = per_sample_loss(loss_fn, out.flatten(0, 1), target).reshape(width, -1).mean(1)
         l2 = sum(((a[k] - permuted[k]) ** 2).flatten(1).sum(1) for k in weights) / n_weights
         loss = (task + l2_weight * l2).mean()

@@ -25,7 +25,8 @@ def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int
     from deepalign.baselines import sinkhorn_rebasin
     from deepalign.data import load_dataset
     from deepalign.evaluation import interpolate
-    from deepalign.models import build_model
+    from deepalign.comparison._refine import deep_align_start
+    from deepalign.models import build_model, example_input
     from deepalign.nn import DeepAlign
     from deepalign.weightspace import PermutationSpec, check_equivalent, permute
     from deepalign.zoo import infer_arch
@@ -38,19 +39,19 @@ def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int
     try:
         config = aligner.task.get("model") or infer_arch(sd_a)
         model = build_model(config)
-        example = torch.zeros(1, *(data.image_shape if data else (config["in_features"],)))
+        example = example_input(config)
         spec = PermutationSpec.from_module(model, example)
         aligner.check_compatible(spec, sd_a)
     except (ValueError, KeyError) as exc:
         raise SystemExit(f"deepalign align: the aligner {aligner_path} does not fit these "
                          f"networks: {exc}") from exc
-    perms = aligner.align(sd_a, sd_b)
+    perms, init = deep_align_start(aligner, sd_a, sd_b)
     if refine_steps:
         if data is None:
             raise SystemExit("deepalign align: --refine-steps needs training data: pass "
                              "--dataset (the aligner records none)")
         perms = sinkhorn_rebasin(model, sd_a, sd_b, spec, (data.X_train, data.y_train),
-                                 init=perms, n_steps=refine_steps, seed=seed, progress=True)
+                                 init=init, n_steps=refine_steps, seed=seed, progress=True)
     inputs = data.X_test[:512] if data is not None else torch.randn(256, *example.shape[1:])
     try:
         gap = check_equivalent(model, sd_b, spec, perms, inputs)

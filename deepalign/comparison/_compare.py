@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from deepalign.comparison._methods import LABELS, METHODS, AlignmentTask, run_method
-from deepalign.evaluation import BarrierResult, loss_barrier
-from deepalign.weightspace import permute
+from deepalign.evaluation import BarrierResult
 
 
 @dataclass
@@ -57,7 +56,6 @@ def compare_methods(task: AlignmentTask, test_data: tuple, methods: Sequence[str
     results = []
     for name in methods:
         perms, seconds = run_method(task, name)
-        aligned = permute(task.sd_b, task.spec, perms)
-        curve = loss_barrier(task.model, task.sd_a, aligned, test_data, n_points=n_points)
+        curve = task.barrier(perms, test_data, n_points)
         results.append(MethodResult(name, curve, seconds / task.n_pairs))
     return results

@@ -6,8 +6,6 @@ import os
 import torch
 
 from deepalign.comparison._methods import LABELS, AlignmentTask
-from deepalign.evaluation import loss_barrier
-from deepalign.weightspace import permute
 
 
 def record_steps(n_steps: int, points: int = 12) -> tuple:
@@ -25,9 +23,7 @@ def barrier_by_step(task: AlignmentTask, test_data, n_points: int = 11) -> dict:
     out = {}
     for name, kept in task.trajectories.items():
         steps = sorted(kept)
-        barriers = [float(loss_barrier(task.model, task.sd_a,
-                                       permute(task.sd_b, task.spec, kept[s]),
-                                       test_data, n_points=n_points).barrier.mean())
+        barriers = [float(task.barrier(kept[s], test_data, n_points).barrier.mean())
                     for s in steps]
         out[name] = {"steps": steps, "barrier": barriers}
     return out

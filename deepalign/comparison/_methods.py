@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 from deepalign.baselines import activation_matching, sinkhorn_rebasin, weight_matching
-from deepalign.weightspace import PermutationSpec, identity_permutations
+from deepalign.comparison._refine import deep_align_start
+from deepalign.evaluation import loss_barrier
+from deepalign.weightspace import PermutationSpec, identity_permutations, permute
 
 #: Method names in table order (Navon et al., ICML 2024, Tables 1–2).
 METHODS = ("naive", "weight_matching", "activation_matching", "sinkhorn", "wm_sinkhorn",
@@ -41,6 +43,11 @@ class AlignmentTask:
     record_steps : tuple of int
         Steps at which the Sinkhorn-based methods' rounded perms are kept in
         ``trajectories[method][step]`` (for barrier-against-steps curves).
+    loss_fn : callable (outputs, targets) -> per-sample losses, optional
+        The task loss of Sinkhorn re-basin and of the barriers (default cross-entropy).
+    targets_per_pair : bool
+        ``train_data`` and test data are ``(x, y)`` with ``y`` (P, N, ...): each pair's own
+        targets (INR pairs: two fits of one image, scored against that image).
     """
     model: torch.nn.Module
     spec: PermutationSpec
@@ -52,12 +59,20 @@ class AlignmentTask:
     seed: int = 0
     progress: bool = False
     record_steps: tuple = ()
+    loss_fn: object = None
+    targets_per_pair: bool = False
     trajectories: dict = field(default_factory=dict, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_pairs(self) -> int:
         return next(iter(self.sd_a.values())).shape[0]
+
+    def barrier(self, perms: Mapping, test_data, n_points: int = 25):
+        """``loss_barrier`` between A and B aligned by ``perms``, for every pair at once."""
+        return loss_barrier(self.model, self.sd_a, permute(self.sd_b, self.spec, perms),
+                            test_data, n_points=n_points, loss_fn=self.loss_fn,
+                            targets_per_pair=self.targets_per_pair)
 
 
 def _refine(task: AlignmentTask, name: str, init: Mapping | None) -> dict:
@@ -70,24 +85,26 @@ def _refine(task: AlignmentTask, name: str, init: Mapping | None) -> dict:
 
     return sinkhorn_rebasin(task.model, task.sd_a, task.sd_b, task.spec, task.train_data,
                             init=init, n_steps=task.sinkhorn_steps, seed=task.seed,
+                            loss_fn=task.loss_fn, targets_per_pair=task.targets_per_pair,
                             progress=task.progress, callback=keep if record else None)
 
 
 def _deep_align(task: AlignmentTask) -> dict:
-    task.aligner.eval()
-    return task.aligner.align(task.sd_a, task.sd_b)
+    perms, task._cache["deep_align_init"] = deep_align_start(task.aligner, task.sd_a, task.sd_b)
+    return perms
 
 
 _SOLVERS: dict[str, Callable] = {
     "naive": lambda t: identity_permutations(t.spec.check(t.sd_b, batched=True), t.n_pairs),
     "weight_matching": lambda t: weight_matching(t.sd_a, t.sd_b, t.spec, seed=t.seed),
+    # activations need inputs only
     "activation_matching": lambda t: activation_matching(t.model, t.sd_a, t.sd_b, t.spec,
-                                                         t.train_data),
+                                                         t.train_data[0]),
     "sinkhorn": lambda t: _refine(t, "sinkhorn", None),
     "wm_sinkhorn": lambda t: _refine(t, "wm_sinkhorn", t._cache["weight_matching"][0]),
     "deep_align": _deep_align,
     "deep_align_sinkhorn": lambda t: _refine(t, "deep_align_sinkhorn",
-                                             t._cache["deep_align"][0]),
+                                             t._cache["deep_align_init"]),
 }
 
 # Refinements reuse their initialiser's perms and add its time to theirs, as the paper's

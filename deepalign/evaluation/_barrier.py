@@ -38,6 +38,11 @@ def default_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y, reduction="none")
 
 
+def squared_error(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error over output channels (INR fits): shape (N,)."""
+    return (out - y).pow(2).reshape(out.shape[0], -1).mean(1)
+
+
 def per_sample_loss(loss_fn, out: torch.Tensor, y) -> torch.Tensor:
     """``loss_fn(out, y)`` reduced to one value per sample, shape (N,)."""
     value = loss_fn(out, y)
@@ -48,14 +53,23 @@ def per_sample_loss(loss_fn, out: torch.Tensor, y) -> torch.Tensor:
 
 
 def path_losses(model: torch.nn.Module, stacked: Mapping, data, loss_fn: Callable,
-                batch_size: int | None) -> torch.Tensor:
-    """Mean per-sample loss of each of M stacked weight sets over ``data``; float64 (M,)."""
+                batch_size: int | None, pair_of: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean per-sample loss of each of M stacked weight sets over ``data``; float64 (M,).
+
+    ``pair_of`` (M,): with per-pair targets (``y`` of shape (pairs, N, ...)), network ``m``
+    is scored against ``y[pair_of[m]]``; otherwise all networks share ``y``.
+    """
     total, count = None, 0
-    for x, y in iter_batches(data, batch_size):
+    for x, y in iter_batches(data, batch_size, targets_per_pair=pair_of is not None):
         with torch.no_grad():
             out = forward_eval(model, stacked, x)  # (M, n, ...)
         flat = out.reshape(-1, *out.shape[2:])
-        target = None if y is None else y.repeat(out.shape[0], *([1] * (y.dim() - 1)))
+        if y is None:
+            target = None
+        elif pair_of is not None:
+            target = y[pair_of].flatten(0, 1)
+        else:
+            target = y.repeat(out.shape[0], *([1] * (y.dim() - 1)))
         losses = per_sample_loss(loss_fn, flat, target).reshape(out.shape[0], -1).double()
         total = losses.sum(1) if total is None else total + losses.sum(1)
         count += losses.shape[1]
@@ -81,7 +95,7 @@ def barrier_from_losses(losses: torch.Tensor, lambdas: torch.Tensor) -> tuple:
 def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
                  n_points: int = 25, loss_fn: Callable | None = None,
                  batch_size: int | None = 1024, chunk_size: int | None = 512,
-                 progress: bool = False) -> BarrierResult:
+                 progress: bool = False, targets_per_pair: bool = False) -> BarrierResult:
     """Loss barrier and AUC between A and (aligned) B, for one pair or many pairs at once.
 
     All ``B * n_points`` interpolated networks run through one vmapped functional forward
@@ -105,6 +119,10 @@ def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
         Networks per vectorised forward.
     progress : bool
         tqdm bar over chunks of networks.
+    targets_per_pair : bool
+        ``data`` is ``(x, y)`` with ``y`` of shape (B, N, ...): pair ``b``'s own targets for the
+        shared inputs ``x`` (N, ...), e.g. the image that the two INRs of pair ``b`` fit
+        (use ``loss_fn=squared_error``).
 
     Returns
     -------
@@ -115,6 +133,10 @@ def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
     loss_fn = loss_fn or default_loss
     a, b, batch = broadcast_pair(sd_a, sd_b, ranks_of(model))
     width = next(iter(a.values())).shape[0]
+    if targets_per_pair and isinstance(data, (tuple, list)) and len(data) == 2 and (
+            data[1].dim() < 2 or data[1].shape[0] != width):
+        raise ValueError(f"data: targets_per_pair needs y of shape ({width}, N, ...) for "
+                         f"{width} pairs, got {tuple(data[1].shape)}")
     lambdas = torch.linspace(0, 1, n_points, dtype=torch.float64)
     # network m is pair m // n_points at lambda index m % n_points
     total = width * n_points
@@ -130,7 +152,8 @@ def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
                 stacked[key] = torch.lerp(va[pair], b[key][pair], w)
             else:
                 stacked[key] = va[pair]
-        losses.append(path_losses(model, stacked, data, loss_fn, batch_size))
+        losses.append(path_losses(model, stacked, data, loss_fn, batch_size,
+                                  pair if targets_per_pair else None))
     curve = torch.cat(losses).reshape(width, n_points)
     barrier, auc, psi = barrier_from_losses(curve, lambdas)
     if batch is None:

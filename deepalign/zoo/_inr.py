@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from deepalign.data import load_dataset
 from deepalign.models import batched_forward
 from deepalign.zoo._train import TrainSettings, fit
 
@@ -66,3 +67,21 @@ def fit_images(config: dict, images: torch.Tensor, seeds: list, settings: TrainS
     return stacked, [{"seed": seeds[i], "lr": hparams[i][0], "weight_decay": hparams[i][1],
                       "mse": mse[i].item(), "psnr": -10 * math.log10(max(mse[i].item(), 1e-12))}
                      for i in range(B)]
+
+
+def fitted_images(zoo, indices) -> tuple:
+    """What the INRs ``indices`` of an INR zoo were fitted to, as regression data.
+
+    Returns
+    -------
+    coords : Tensor, shape (H * W, 2)
+        The shared inputs (:func:`image_grid`).
+    targets : Tensor, shape (len(indices), H * W, C)
+        Model ``indices[k]``'s image, values in ``[0, 1]``.
+    """
+    if not zoo.fits_images:
+        raise ValueError(f"zoo {zoo.path} holds classifiers, not INR fits of images")
+    data = load_dataset(zoo.dataset)
+    views = zoo.manifest["training"]["views"]
+    images = data.X_train[[i // views for i in indices]] * data.std + data.mean
+    return image_grid(*images.shape[2:]), images.flatten(2).transpose(1, 2)

@@ -83,3 +83,42 @@ def test_align_rejects_mismatched_networks_and_foreign_aligners(zoo_and_aligner,
     with pytest.raises(SystemExit, match="does not fit"):
         align_files(a, b, aligner, str(tmp_path / "out.pt"))
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_evaluate_an_inr_zoo_pairs_views_and_scores_against_their_image(tmp_path):
+    from deepalign.evaluation import squared_error
+    from deepalign.models import SIREN
+    from deepalign.zoo import fitted_images
+
+    zoo = train_zoo(str(tmp_path / "inr"), "digits", SIREN(2, [8, 8], 1).config, 16,
+                    TrainSettings(epochs=3, lr=(1e-3, 1e-3)), seed=0, chunk_size=16, val=0.25,
+                    test=0.5, views=2, progress=False)
+    methods = ["naive", "weight_matching", "activation_matching", "sinkhorn"]
+    results, _ = evaluate_zoo(zoo.path, None, str(tmp_path / "eval"), n_pairs=8,
+                              sinkhorn_steps=3, methods=methods, n_points=5, progress=False)
+    idx_a, idx_b = held_out_pairs(zoo, 8)
+    image = {r["index"]: r["image"] for r in zoo.records}
+    assert len(idx_a) == len(zoo.split["test"]) // 2
+    assert all(image[i] == image[j] and i != j for i, j in zip(idx_a, idx_b))
+    x, y = fitted_images(zoo, idx_a)
+    direct = loss_barrier(zoo.build_model(), zoo.stacked(idx_a), zoo.stacked(idx_b), (x, y),
+                          n_points=5, loss_fn=squared_error, targets_per_pair=True)
+    assert [r.name for r in results] == methods
+    torch.testing.assert_close(results[0].curve.losses, direct.losses)
+    assert all(torch.isfinite(r.curve.barrier).all() for r in results)
+
+
+def test_deep_align_start_seeds_sinkhorn_with_logits_that_round_to_its_perms(zoo_and_aligner):
+    from deepalign.comparison._refine import INIT_STD, deep_align_start
+    from deepalign.ops import linear_assignment
+
+    zoo, aligner, _ = zoo_and_aligner
+    model = DeepAlign.load(aligner)
+    a, b = zoo.stacked([0, 1, 2]), zoo.stacked([3, 4, 5])
+    perms, init = deep_align_start(model, a, b)
+    assert not model.training
+    for name, p in model.align(a, b).items():
+        assert torch.equal(perms[name], p)
+        assert torch.equal(linear_assignment(init[name], maximize=True), p)
+        torch.testing.assert_close(init[name].std(dim=(-2, -1)),
+                                   torch.full((3,), INIT_STD), rtol=1e-5, atol=1e-5)

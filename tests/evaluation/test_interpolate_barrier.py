@@ -104,3 +104,27 @@ def test_plot_writes_a_png(tmp_path):
     result = loss_barrier(model, a, b, data, n_points=3)
     path = plot_barrier_curves({"naive": result}, tmp_path / "curves" / "lmc.png", title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_per_pair_targets_score_each_pair_against_its_own():
+    """INR pairs: pair b is scored against y[b]; chunks and sample batches mix pairs."""
+    from deepalign.evaluation import squared_error
+    from deepalign.models import SIREN
+
+    torch.manual_seed(0)
+    nets = [SIREN(2, [6, 6], 1).double().state_dict() for _ in range(6)]
+    a = {k: torch.stack([n[k] for n in nets[:3]]) for k in nets[0]}
+    b = {k: torch.stack([n[k] for n in nets[3:]]) for k in nets[0]}
+    x = torch.rand(10, 2, dtype=torch.float64) * 2 - 1
+    y = torch.rand(3, 10, 1, dtype=torch.float64)
+    got = loss_barrier(SIREN(2, [6, 6], 1), a, b, (x, y), n_points=4, loss_fn=squared_error,
+                       targets_per_pair=True, chunk_size=5, batch_size=3)
+    for p in range(3):
+        one = loss_barrier(SIREN(2, [6, 6], 1), {k: v[p] for k, v in a.items()},
+                           {k: v[p] for k, v in b.items()}, (x, y[p]), n_points=4,
+                           loss_fn=squared_error)
+        torch.testing.assert_close(got.losses[p], one.losses)
+    assert not torch.allclose(got.losses[0], got.losses[1])
+    with pytest.raises(ValueError, match=r"targets_per_pair needs y of shape \(3, N"):
+        loss_barrier(SIREN(2, [6, 6], 1), a, b, (x, y[:2]), targets_per_pair=True,
+                     loss_fn=squared_error)
