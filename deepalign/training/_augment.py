@@ -53,7 +53,9 @@ def augment(sd: dict, layout, aug: Augmentation, generator: torch.Generator) -> 
     for k in keys:
         x = sd[k]
         if aug.noise:
-            std = x.reshape(x.shape[0], -1).std(dim=1).reshape(-1, *[1] * (x.dim() - 1))
+            # population std: a one-element tensor (an INR's single output bias) gets none
+            std = x.reshape(x.shape[0], -1).std(dim=1, correction=0)
+            std = std.reshape(-1, *[1] * (x.dim() - 1))
             x = x + aug.noise * std * _draw(torch.randn, x.shape, x, generator)
         if aug.dropout:
             x = x * (_draw(torch.rand, x.shape, x, generator) >= aug.dropout)

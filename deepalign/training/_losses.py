@@ -12,6 +12,7 @@ r"""Deep-Align's three training losses (Navon et al., ICML 2024, §3.2).
 import torch
 import torch.nn.functional as F
 
+from deepalign.evaluation._barrier import default_loss
 from deepalign.models import batched_forward
 
 
@@ -49,15 +50,17 @@ def interpolation_loss(model: torch.nn.Module, sd_a: dict, sd_b_aligned: dict, x
     model : nn.Module
         The zoo architecture (its own weights are ignored).
     sd_a, sd_b_aligned : dict of str to Tensor, (B, *shape)
-    x : Tensor, (N, *input_shape);  y : Tensor, (N,)
+    x : Tensor, (N, *input_shape)
+    y : Tensor, (N,) targets shared by all pairs, or (B, N, ...) each pair's own (INRs)
     lam : Tensor, (B,)
-    loss_fn : callable(logits (M, C), y (M,)) -> scalar, optional
-        Default: cross-entropy.
+    loss_fn : callable(outputs (M, C), targets (M, ...)) -> per-sample losses (M,), optional
+        Default: cross-entropy; the loss is their mean.
     """
     merged = {}
     for k, a in sd_a.items():
         w = lam.to(a).reshape(-1, *[1] * (a.dim() - 1))
         merged[k] = w * a + (1 - w) * sd_b_aligned[k] if a.is_floating_point() else a
     out = batched_forward(model, merged, x)  # (B, N, C)
-    target = y.expand(out.shape[0], -1).reshape(-1)
-    return (loss_fn or F.cross_entropy)(out.reshape(-1, out.shape[-1]), target)
+    per_pair = y.dim() == out.dim()
+    target = y.flatten(0, 1) if per_pair else y.expand(out.shape[0], *y.shape).flatten(0, 1)
+    return (loss_fn or default_loss)(out.flatten(0, 1), target).mean()

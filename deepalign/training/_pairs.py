@@ -2,7 +2,8 @@
 
 * labelled: ``(v, t # aug(v))`` for a random hidden permutation ``t``; the target is the perm
   that aligns B to A, ``t^{-1}`` (``permute(t # v, t^{-1}) = v``, CONTRACTS.md);
-* unlabelled: two different networks of the zoo.
+* unlabelled: two different networks of the zoo (of one group, when the zoo has groups: the
+  views of one image in an INR zoo).
 
 Everything is drawn from the generator handed to :meth:`PairSampler.sample`, so a run is
 reproducible from ``(seed, step, rank)`` alone and resuming needs no sampler state.
@@ -29,12 +30,52 @@ class PairBatch:
         Perms aligning ``labelled_b`` to ``a``.
     unlabelled_b : dict of str to Tensor, (B, *shape)
         Another zoo network per item.
+    index : LongTensor, (B,)
+        Which of the sampler's networks ``a`` holds (to look up per-network targets).
     """
 
     a: dict
     labelled_b: dict
     target: dict
     unlabelled_b: dict
+    index: torch.Tensor
+
+
+class PartnerRule:
+    """Draws, for networks ``i``, a different network to pair each with.
+
+    Parameters
+    ----------
+    count : int
+        Networks 0 .. count-1 (count >= 2).
+    groups : LongTensor (count,), optional
+        Partners come from the same group (all groups of one size >= 2); None: any network.
+    """
+
+    def __init__(self, count: int, groups: torch.Tensor | None = None):
+        if count < 2:
+            raise ValueError(f"nets: need at least 2 networks for pairs, got {count}")
+        self.count, self.table = count, None
+        if groups is not None:
+            if groups.shape != (count,):
+                raise ValueError(f"groups must have shape ({count},), got {tuple(groups.shape)}")
+            members = [torch.nonzero(groups == g).flatten() for g in groups.unique()]
+            sizes = {len(m) for m in members}
+            if len(sizes) != 1 or min(sizes) < 2:
+                raise ValueError(f"every group needs the same number (>= 2) of networks, got "
+                                 f"group sizes {sorted(sizes)}")
+            self.table = torch.empty(count, min(sizes) - 1, dtype=torch.long)
+            for m in members:
+                for k, i in enumerate(m):
+                    self.table[i] = torch.cat([m[:k], m[k + 1:]])
+
+    def draw(self, first: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One partner per entry of ``first`` (LongTensor), never the network itself."""
+        if self.table is None:
+            shift = torch.randint(1, self.count, first.shape, generator=generator)
+            return (first + shift) % self.count
+        return self.table[first, torch.randint(self.table.shape[1], first.shape,
+                                               generator=generator)]
 
 
 class PairSampler:
@@ -47,13 +88,15 @@ class PairSampler:
     spec : PermutationSpec
     layout : deepalign.nn.WeightLayout
     augmentation : Augmentation
+    groups : LongTensor (N,), optional
+        Unlabelled pairs only within a group (:class:`PartnerRule`).
     """
 
-    def __init__(self, nets: dict, spec, layout, augmentation: Augmentation = Augmentation()):
+    def __init__(self, nets: dict, spec, layout, augmentation: Augmentation = Augmentation(),
+                 groups: torch.Tensor | None = None):
         self.nets, self.spec, self.layout, self.aug = nets, spec, layout, augmentation
         self.count = next(iter(nets.values())).shape[0]
-        if self.count < 2:
-            raise ValueError(f"nets: need at least 2 networks for pairs, got {self.count}")
+        self.partner = PartnerRule(self.count, groups)
         self.sizes = spec.perm_sizes(nets, batched=True)
 
     def _take(self, idx: torch.Tensor) -> dict:
@@ -75,7 +118,7 @@ class PairSampler:
     def sample(self, n: int, generator: torch.Generator) -> PairBatch:
         """``n`` items: random networks, each with a labelled and an unlabelled partner."""
         i = torch.randint(self.count, (n,), generator=generator)
-        j = (i + torch.randint(1, self.count, (n,), generator=generator)) % self.count
+        j = self.partner.draw(i, generator)
         a = self._take(i)
         b, target = self.partners(a, generator)
-        return PairBatch(a, b, target, self._take(j))
+        return PairBatch(a, b, target, self._take(j), i)

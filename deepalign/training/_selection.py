@@ -9,6 +9,8 @@ pairs also give the exactness on synthetic pairs ``(v, t # v)``.
 import torch
 
 from deepalign.evaluation import loss_barrier
+from deepalign.training._pairs import PartnerRule
+from deepalign.training._task_data import TaskData
 from deepalign.weightspace import invert_permutations, permute, random_permutations
 
 
@@ -22,8 +24,10 @@ class BarrierValidator:
     spec : PermutationSpec
     model : nn.Module
         The zoo architecture.
-    data : tuple (x, y)
-        Images and labels for the barrier (several batches of ``batch_size``).
+    data : tuple (x, y) or TaskData
+        Images and labels for the barrier (several batches of ``batch_size``); a
+        :class:`TaskData` of the validation networks also gives the pairing rule and the loss
+        (INR zoos: views of one image, scored against it).
     n_pairs : int
     n_points : int
         Points on the interpolation grid.
@@ -34,24 +38,26 @@ class BarrierValidator:
     def __init__(self, nets: dict, spec, model, data: tuple, n_pairs: int = 32,
                  n_points: int = 11, seed: int = 0, batch_size: int = 512):
         count = next(iter(nets.values())).shape[0]
-        if count < 2:
-            raise ValueError(f"nets: need at least 2 validation networks, got {count}")
+        task = data if isinstance(data, TaskData) else TaskData(*data)
         gen = torch.Generator().manual_seed(seed)
         i = torch.randint(count, (n_pairs,), generator=gen)
-        j = (i + torch.randint(1, count, (n_pairs,), generator=gen)) % count
+        j = PartnerRule(count, task.groups).draw(i, gen)
         self.a = {k: v[i] for k, v in nets.items()}
         self.b = {k: v[j] for k, v in nets.items()}
         device = next(iter(nets.values())).device
         self.t = {k: v.to(device) for k, v in
                   random_permutations(spec.perm_sizes(nets, batched=True), n_pairs, gen).items()}
-        self.spec, self.model, self.data = spec, model, data
+        self.spec, self.model, self.loss_fn = spec, model, task.loss_fn
+        self.per_pair = task.per_network
+        self.data = (task.x, task.y[i] if task.per_network else task.y)
         self.n_points, self.batch_size = n_points, batch_size
 
     def barrier(self, perms: dict) -> float:
         """Mean barrier of the validation pairs with B aligned by ``perms`` (B, n)."""
         aligned = permute(self.b, self.spec, perms)
         result = loss_barrier(self.model, self.a, aligned, self.data, n_points=self.n_points,
-                              batch_size=self.batch_size)
+                              batch_size=self.batch_size, loss_fn=self.loss_fn,
+                              targets_per_pair=self.per_pair)
         return float(result.barrier.mean())
 
     @torch.no_grad()

@@ -15,13 +15,12 @@ NCCL on GPU), each rank drawing ``batch_size / N`` items; rank 0 validates and w
 """
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from deepalign.data import load_dataset
 from deepalign.nn import DeepAlign
 from deepalign.training._augment import Augmentation
 from deepalign.training._checkpoint import BEST, load_checkpoint, save_checkpoint
@@ -33,7 +32,8 @@ from deepalign.training._losses import alignment_loss, interpolation_loss, super
 from deepalign.training._pairs import PairSampler
 from deepalign.training._plot import plot_training
 from deepalign.training._selection import BarrierValidator
-from deepalign.weightspace import PermutationSpec, permute
+from deepalign.training._task_data import TaskData, task_data
+from deepalign.weightspace import permute
 from deepalign.zoo import Zoo
 
 
@@ -81,9 +81,9 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 class _StepLoss(torch.nn.Module):
     """The aligner plus the loss of one batch, as one module DDP can wrap."""
 
-    def __init__(self, aligner: DeepAlign, spec, config: TrainConfig):
+    def __init__(self, aligner: DeepAlign, spec, config: TrainConfig, loss_fn=None):
         super().__init__()
-        self.aligner, self.config = aligner, config
+        self.aligner, self.config, self.loss_fn = aligner, config, loss_fn
         self.spec = spec
         self.keys = [k for s in aligner.layout.slots for k in (s.weight, s.bias) if k]
 
@@ -96,20 +96,20 @@ class _StepLoss(torch.nn.Module):
         plans = self.aligner.plans(emb_a, emb_unl, cfg.sinkhorn_iters, cfg.tau)
         aligned = permute(batch.unlabelled_b, self.spec, plans)
         parts["alignment"] = alignment_loss(batch.a, aligned, self.keys)
-        parts["interpolation"] = interpolation_loss(task_model, batch.a, aligned, x, y, lam)
+        parts["interpolation"] = interpolation_loss(task_model, batch.a, aligned, x, y, lam,
+                                                    self.loss_fn)
         loss = (cfg.supervised_weight * parts["supervised"] + cfg.alignment_weight *
                 parts["alignment"] + cfg.interpolation_weight * parts["interpolation"])
         return loss, parts
 
 
-def _spec_of(model, data) -> PermutationSpec:
-    return PermutationSpec.from_module(model, torch.zeros(1, *data.image_shape))
-
-
 def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
           resume: bool = False, device="cpu", progress: bool = True, tensorboard: bool = False,
           plot: bool = True, **encoder_overrides) -> DeepAlign:
-    """Train a ``DeepAlign`` aligner on a classifier zoo; returns it (final weights, eval mode).
+    """Train a ``DeepAlign`` aligner on a zoo; returns it (final weights, eval mode).
+
+    Classifier zoos pair any two networks and score interpolations on the training images; INR
+    zoos pair views of one image and score them against it (``TaskData``).
 
     Parameters
     ----------
@@ -132,17 +132,13 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
     """
     device = torch.device(device)
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
-    if zoo.dataset is None:
-        raise ValueError(f"zoo {zoo.path}: no image data set recorded; the interpolation loss "
-                         "and the validation barrier need one")
+    train_task = task_data(zoo, zoo.split["train"])
     rank, world, device = init_distributed(device)
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                          f"{world} data-parallel ranks")
-    data = load_dataset(zoo.dataset)
     task_model = zoo.build_model().to(device)
-    spec = _spec_of(task_model.cpu(), data)
-    task_model.to(device)
+    spec = zoo.spec()
     train_nets = {k: v.to(device) for k, v in zoo.stacked(zoo.split["train"]).items()}
     torch.manual_seed(config.seed)
     aligner = DeepAlign.from_spec(spec, train_nets, encoder, **encoder_overrides).to(device)
@@ -157,16 +153,21 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
         aligner.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best, elapsed = int(state["step"]), dict(state["best"]), float(state["elapsed"])
-    sampler = PairSampler(train_nets, spec, aligner.layout, Augmentation(**config.augmentation))
-    x_all, y_all = data.X_train.to(device), data.y_train.to(device)
-    step_loss = _StepLoss(aligner, spec, config)
+    augmentation = Augmentation(**config.augmentation)
+    if zoo.config["arch"] == "siren":  # sin is not positively homogeneous: no rescaling
+        augmentation = replace(augmentation, pos_scale=0.0)
+    sampler = PairSampler(train_nets, spec, aligner.layout, augmentation,
+                          groups=train_task.groups)
+    train_task = train_task.to(device)
+    step_loss = _StepLoss(aligner, spec, config, train_task.loss_fn)
     runner = step_loss if world == 1 else DistributedDataParallel(step_loss)
     lead = rank == 0
     log = validator = None
     if lead:
         os.makedirs(out, exist_ok=True)
         log = MetricLog(out, tensorboard, resume_step=start if resume else None)
-        val_data = (x_all[:config.val_images], y_all[:config.val_images])
+        val_data = (task_data(zoo, zoo.split["val"]).to(device) if zoo.fits_images else
+                    TaskData(train_task.x[:config.val_images], train_task.y[:config.val_images]))
         val_nets = {k: v.to(device) for k, v in zoo.stacked(zoo.split["val"]).items()}
         validator = BarrierValidator(val_nets, spec, task_model, val_data, config.val_pairs,
                                      config.val_points, config.seed)
@@ -179,10 +180,11 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
         tick = time.perf_counter()
         gen = step_generator(config.seed, step, rank)
         batch = sampler.sample(per_rank, gen)
-        pick = torch.randint(len(x_all), (config.image_batch,), generator=gen).to(device)
+        pick = torch.randint(len(train_task.x), (config.image_batch,), generator=gen).to(device)
         lam = torch.rand(per_rank, generator=gen)
         torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=gen)))  # dropout
-        loss, parts = runner(batch, task_model, x_all[pick], y_all[pick], lam.to(device))
+        loss, parts = runner(batch, task_model, train_task.x[pick],
+                             train_task.targets(batch.index, pick), lam.to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: training loss is {float(loss)}")
         optimizer.zero_grad(set_to_none=True)

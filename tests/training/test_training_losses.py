@@ -37,3 +37,21 @@ def test_alignment_and_interpolation_losses_at_the_true_perm():
     lam = torch.tensor([0.3, 0.8], dtype=torch.float64)
     expected = F.cross_entropy(batched_forward(model, a, x).reshape(-1, 3), y.repeat(2))
     torch.testing.assert_close(interpolation_loss(model, a, aligned, x, y, lam), expected)
+
+
+def test_interpolation_loss_with_each_pairs_own_targets():
+    from deepalign.evaluation import squared_error
+    from deepalign.models import SIREN
+
+    model = SIREN(2, [5], 1).double()
+    gen = torch.Generator().manual_seed(2)
+    a = random_state_dict(model, 2, generator=gen)
+    b = random_state_dict(model, 2, generator=gen)
+    x = torch.rand(7, 2, dtype=torch.float64, generator=gen)
+    y = torch.rand(2, 7, 1, dtype=torch.float64, generator=gen)
+    lam = torch.tensor([0.25, 1.0], dtype=torch.float64)
+    got = interpolation_loss(model, a, b, x, y, lam, squared_error)
+    mixed = {k: lam.reshape(-1, *[1] * (v.dim() - 1)) * v
+             + (1 - lam.reshape(-1, *[1] * (v.dim() - 1))) * b[k] for k, v in a.items()}
+    out = batched_forward(model, mixed, x)
+    torch.testing.assert_close(got, ((out - y) ** 2).mean())
