@@ -172,8 +172,9 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
         validator = BarrierValidator(val_nets, spec, task_model, val_data, config.val_pairs,
                                      config.val_points, config.seed)
     per_rank = config.batch_size // world
+    # a time-limited run ends by the clock: no step total to show
     bar = tqdm(range(start, config.steps), desc="train deep-align", disable=not (progress and lead),
-               initial=start, total=config.steps)
+               initial=start, total=None if config.time_limit else config.steps)
     aligner.train()
     done = start
     for step in bar:
