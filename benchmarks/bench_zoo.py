@@ -8,6 +8,7 @@ latter). Sections:
   step         one training step for 200 digits MLPs: vmap(functional_call) vs the bmm MLP path
   digits-200   200 MLPs 64-32-32-10, 20 epochs: batched vs sequential  (target >= 10x)
   digits-1000  1,000 such MLPs, batched, in chunks of 250 as the CLI does  (target < 2 min)
+  digits-cnn   16 CNNs 1-16-32-32 (the CLI's default CNN and lr), 20 epochs: batched vs sequential
   fashion-256  256 MLPs 784-64-64-10, 5 epochs on Fashion-MNIST  (target < 10 min, acc >= 0.83)
 
 Usage: python benchmarks/bench_zoo.py [--quick] [--json results/bench_zoo.json]
@@ -24,16 +25,16 @@ from torch.func import functional_call, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 from deepalign.data import load_dataset
-from deepalign.models import MLP, batched_forward
+from deepalign.models import CNN, MLP, batched_forward, build_model
 from deepalign.zoo import TrainSettings, train_classifiers
 
 
-def sequential(arch_args, data, n_models, settings):
+def sequential(config, data, n_models, settings):
     """The baseline: each model alone, nn.Module + DataLoader + torch.optim.AdamW."""
     accs, t0 = [], time.perf_counter()
     for seed in range(n_models):
         torch.manual_seed(seed)
-        model = MLP(*arch_args)
+        model = build_model(config)
         opt = torch.optim.AdamW(model.parameters(), lr=settings.lr[0], weight_decay=0.0)
         loader = DataLoader(TensorDataset(data.X_train, data.y_train),
                             batch_size=settings.batch_size, shuffle=True)
@@ -47,10 +48,10 @@ def sequential(arch_args, data, n_models, settings):
     return time.perf_counter() - t0, float(np.mean(accs))
 
 
-def batched(arch_args, data, n_models, settings, chunk=250):
+def batched(config, data, n_models, settings, chunk=250):
     accs, t0 = [], time.perf_counter()
     for start in range(0, n_models, chunk):
-        _, records = train_classifiers(MLP(*arch_args).config, data,
+        _, records = train_classifiers(config, data,
                                        list(range(start, min(start + chunk, n_models))), settings)
         accs += [r["test_acc"] for r in records]
     return time.perf_counter() - t0, float(np.mean(accs)), float(np.min(accs))
@@ -112,9 +113,9 @@ def main():
                  f"bmm/vmap {s['bmm'] / s['vmap_functional_call']:.2f}", ""))
     _show(rows[-1])
 
-    d_args, d_set = (64, [32, 32], 10), TrainSettings(epochs=20, batch_size=64)
-    t_seq, acc_seq = sequential(d_args, digits, args.sequential_models, d_set)
-    t_bat, acc_bat, min_bat = batched(d_args, digits, 200, d_set)
+    d_cfg, d_set = MLP(64, [32, 32], 10).config, TrainSettings(epochs=20, batch_size=64)
+    t_seq, acc_seq = sequential(d_cfg, digits, args.sequential_models, d_set)
+    t_bat, acc_bat, min_bat = batched(d_cfg, digits, 200, d_set)
     rate_seq, rate_bat = 60 * args.sequential_models / t_seq, 60 * 200 / t_bat
     results["digits-200"] = {"sequential_models_per_min": rate_seq,
                              "batched_models_per_min": rate_bat, "speedup": rate_bat / rate_seq,
@@ -128,19 +129,33 @@ def main():
     _show(rows[-1])
 
     cpu0 = time.process_time()
-    t_1k, acc_1k, min_1k = batched(d_args, digits, 1000, d_set)
+    t_1k, acc_1k, min_1k = batched(d_cfg, digits, 1000, d_set)
     results["digits-1000"] = {"seconds": t_1k, "cpu_seconds": time.process_time() - cpu0,
                               "test_acc": acc_1k, "min_test_acc": min_1k}
     rows.append(("digits-1000 (64-32-32-10, 20 ep)", f"{t_1k:.1f} s", f"acc {acc_1k:.3f}",
                  f"min {min_1k:.3f}", "ok" if t_1k < 120 and acc_1k >= 0.93 else "MISSED"))
     _show(rows[-1])
 
+    c_cfg, c_set = CNN().config, TrainSettings(epochs=20, batch_size=64, lr=3e-3)
+    t_cseq, acc_cseq = sequential(c_cfg, digits, 2, c_set)
+    cpu0 = time.process_time()
+    t_c, acc_c, min_c = batched(c_cfg, digits, 16, c_set)
+    results["digits-cnn"] = {"seconds": t_c, "cpu_seconds": time.process_time() - cpu0,
+                             "test_acc": acc_c, "min_test_acc": min_c,
+                             "speedup": (t_cseq / 2) / (t_c / 16),
+                             "sequential_seconds_per_model": t_cseq / 2,
+                             "sequential_test_acc": acc_cseq}
+    rows.append(("digits-cnn (16 CNNs, 20 ep)", f"{t_c:.1f} s", f"acc {acc_c:.3f} min {min_c:.3f}",
+                 f"alone {acc_cseq:.3f}, {t_cseq / 2:.1f} s/model",
+                 f"{(t_cseq / 2) / (t_c / 16):.1f}x" + ("" if acc_c >= 0.9 else " MISSED")))
+    _show(rows[-1])
+
     if not args.quick:
         fashion = load_dataset("fashion-mnist")
-        f_args, f_set = (784, [64, 64], 10), TrainSettings(epochs=5, batch_size=128)
-        t_fseq, acc_fseq = sequential(f_args, fashion, 2, f_set)
+        f_cfg, f_set = MLP(784, [64, 64], 10).config, TrainSettings(epochs=5, batch_size=128)
+        t_fseq, acc_fseq = sequential(f_cfg, fashion, 2, f_set)
         cpu0 = time.process_time()
-        t_f, acc_f, min_f = batched(f_args, fashion, 256, f_set, chunk=128)
+        t_f, acc_f, min_f = batched(f_cfg, fashion, 256, f_set, chunk=128)
         results["fashion-256"] = {"seconds": t_f, "cpu_seconds": time.process_time() - cpu0,
                                   "test_acc": acc_f, "min_test_acc": min_f,
                                   "sequential_seconds_per_model": t_fseq / 2,

