@@ -1,23 +1,31 @@
 // CPU kernel of deepalign::linear_assignment: exact batched rectangular linear assignment.
 //
-// Shortest augmenting paths (Jonker-Volgenant, in Crouse's form as in scipy's
-// linear_sum_assignment, IEEE TAES 52(4), 2016) with a row-reduction warm start:
-//   u_i = min_j c_ij, v = 0 are feasible duals (reduced costs c_ij - u_i - v_j >= 0, v <= 0 as the
-//   rectangular dual needs), and every row whose argmin column is still free is matched on that
-//   tight edge. If all rows get matched (the row-argmin is injective) that is already optimal;
-//   otherwise Dijkstra runs only from the unmatched rows. Augmenting paths may reroute seeded
-//   rows, so the result is exactly optimal. Costs are solved in float64; one problem per task.
-// Each Dijkstra step is one branch-free vector pass over all columns (relax_row), which beats
-// scipy's scalar scan of the remaining columns even though it also touches visited ones.
-#include <ATen/Parallel.h>
+// Two phases on the costs to minimise c (float64; the input is read in place, negated for
+// maximize), with duals u (rows) and v (columns, v <= 0, and v = 0 on every column never
+// matched, as the rectangular dual needs):
+// 1. Augmenting row reduction (Jonker & Volgenant, Computing 38, 1987): a free row i takes the
+//    column j1 of its least reduced cost c_ij - v_j and lowers v_j1 by the gap to its second
+//    least, so that it is tight on both. A row it displaces from j1 is reduced next. Each matched
+//    row stays tight on its column at its row minimum, so (u, v) stays feasible; v only falls, and
+//    only on matched columns. This settles most rows of a near-permutation (and many of a random
+//    problem) with one O(m) scan each; it is bounded by n extra scans, and displaced rows that
+//    could not lower v (ties, a single finite entry) are left for phase 2.
+// 2. Shortest augmenting paths (Crouse's form of Jonker-Volgenant, as scipy's
+//    linear_sum_assignment, IEEE TAES 52(4), 2016) from each row still free. Augmenting paths may
+//    reroute the matched rows, so the result is exactly optimal.
+// Each scan is one branch-free vector pass over all columns, which beats scipy's scalar scan of
+// the remaining columns even though it also touches visited ones. Problems are scheduled
+// dynamically (cpu/parallel.h).
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "checks.h"
 #include "cpu/assignment_cpu.h"
+#include "cpu/parallel.h"
 #include "cpu/simd.h"
 
 namespace deepalign::cpu {
@@ -31,67 +39,83 @@ enum class Status : char { kOk, kNaN, kWrongInf, kInfeasible };
 
 using Lanes = Simd<double>::I;
 
-// The least of the per-lane minima (best, at columns best_j), lowest column on ties; -1 if none is
-// below +inf.
-DA_INLINE int64_t lane_argmin(Vec<double> best, Lanes best_j, double* lowest) {
-  int64_t arg = -1;
-  double low = kInf;
-  for (int64_t l = 0; l < kLanes; ++l)
-    if (best[l] < low || (best[l] == low && arg >= 0 && best_j[l] < arg)) {
-      low = best[l];
-      arg = best_j[l];
-    }
-  *lowest = low;
-  return arg;
-}
-
 DA_INLINE Lanes iota() {
   Lanes v{};
   for (int64_t l = 0; l < kLanes; ++l) v[l] = l;
   return v;
 }
 
-// Converts one problem to float64 costs to minimise, each row padded with +inf to m_pad columns.
-template <typename T>
-DA_SIMD_CLONES Status load_costs(const T* cost, double* c, int64_t n, int64_t m, int64_t m_pad,
-                                 double sign) {
-  int64_t nan = 0, wrong_inf = 0;  // counted, not branched on, so that the loop vectorises
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < m; ++j) {
-      const double x = sign * double(cost[i * m + j]);
-      nan += x != x;
-      wrong_inf += x == -kInf;
-      c[i * m_pad + j] = x;
+// Columns [j, j + count) of a cost row as float64 costs to minimise (sign * x); lanes past the
+// row end are +inf.
+template <typename T, typename Count>
+DA_INLINE Vec<double> load_costs(const T* row, int64_t j, Count count, double sign) {
+  typedef T Chunk __attribute__((vector_size(kLanes * sizeof(T))));
+  Chunk x = Chunk{} + T(sign * kInf);
+  std::memcpy(&x, row + j, sizeof(T) * count);
+  return __builtin_convertvector(x, Vec<double>) * sign;
+}
+
+// The least (value, column) of a few candidates, lowest column on ties; (+inf, -1) if none.
+struct Least {
+  double value = kInf;
+  int64_t col = -1;
+  DA_INLINE void offer(double x, int64_t j) {
+    if (x < value || (x == value && j < col)) {
+      value = x;
+      col = j;
     }
-    for (int64_t j = m; j < m_pad; ++j) c[i * m_pad + j] = kInf;
   }
-  return nan ? Status::kNaN : wrong_inf ? Status::kWrongInf : Status::kOk;
+};
+
+// The two least reduced costs c_ij - v_j of row i, in (value, column) order: *first and
+// *second. A row with one finite entry has second = +inf. Also checks the row's values (NaN, or
+// a -inf cost: +inf input with maximize), since it reads them all anyway.
+template <typename T>
+DA_SIMD_CLONES Status two_least(const T* row, const double* v, int64_t m, double sign,
+                                Least* first, Least* second) {
+  Vec<double> b1 = splat(kInf), b2 = splat(kInf);
+  Lanes j1{}, j2{}, j_vec = iota(), nan{}, wrong_inf{};
+  for_chunks<double>(m, [&](int64_t j, auto count) DA_LAMBDA_INLINE {
+    const Vec<double> c = load_costs(row, j, count, sign);
+    const Vec<double> h = c - load(v + j);
+    nan |= h != h;  // v is finite, so only a NaN cost gives a NaN here
+    wrong_inf |= c == -kInf;
+    const Lanes lt1 = h < b1, lt2 = h < b2;
+    b2 = lt1 ? b1 : lt2 ? h : b2;
+    j2 = lt1 ? j1 : lt2 ? j_vec : j2;
+    b1 = lt1 ? h : b1;
+    j1 = lt1 ? j_vec : j1;
+    j_vec += kLanes;
+  });
+  // Per lane, (b1, j1) and (b2, j2) are its two least in (value, column) order, so the overall
+  // two least are among these candidates.
+  *first = Least{};
+  for (int64_t l = 0; l < kLanes; ++l) first->offer(b1[l], j1[l]);
+  *second = Least{};
+  for (int64_t l = 0; l < kLanes; ++l) {
+    if (j1[l] != first->col) second->offer(b1[l], j1[l]);
+    second->offer(b2[l], j2[l]);
+  }
+  int64_t any_nan = 0, any_wrong_inf = 0;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    any_nan |= nan[l];
+    any_wrong_inf |= wrong_inf[l];
+  }
+  return any_nan ? Status::kNaN : any_wrong_inf ? Status::kWrongInf : Status::kOk;
 }
 
-// The column of the least entry of a padded row (lowest on ties), its value in *lowest.
-DA_SIMD_CLONES int64_t row_argmin(const double* ci, int64_t m_pad, double* lowest) {
-  Vec<double> best = splat(kInf);
-  Lanes best_j{}, j_vec = iota();
-  for (int64_t j = 0; j < m_pad; j += kLanes, j_vec += kLanes) {
-    const Vec<double> x = load(ci + j);
-    const Lanes better = x < best;
-    best = better ? x : best;
-    best_j = better ? j_vec : best_j;
-  }
-  return lane_argmin(best, best_j, lowest);
-}
-
-// One Dijkstra step from row i over the padded columns [0, m_pad): relaxes
-// dist[j] = min(dist[j], base + c_ij - v_j) (recording path[j] = i) and returns the column of least
-// dist, lowest index on ties, with that dist in *lowest. Visited (and padding) columns hold
-// dist = NaN, which no comparison selects, so the scan needs no mask array.
-DA_SIMD_CLONES int64_t relax_row(const double* ci, const double* v, double* dist, int64_t* path,
-                                 int64_t m_pad, double base, int64_t i, double* lowest) {
+// One Dijkstra step from row i: relaxes dist[j] = min(dist[j], base + c_ij - v_j) (recording
+// path[j] = i) over the columns, and returns the column of least dist, lowest index on ties,
+// with that dist in *lowest. Visited (and padding) columns hold dist = NaN, which no comparison
+// selects, so the scan needs no mask array.
+template <typename T>
+DA_SIMD_CLONES int64_t relax_row(const T* row, const double* v, double* dist, int64_t* path,
+                                 int64_t m, double sign, double base, int64_t i, double* lowest) {
   Vec<double> best = splat(kInf);
   Lanes best_j{}, j_vec = iota(), i_vec = Lanes{} + i;
-  for (int64_t j = 0; j < m_pad; j += kLanes, j_vec += kLanes) {
+  for_chunks<double>(m, [&](int64_t j, auto count) DA_LAMBDA_INLINE {
     Vec<double> d = load(dist + j);
-    const Vec<double> r = (load(ci + j) + base) - load(v + j);
+    const Vec<double> r = (load_costs(row, j, count, sign) + base) - load(v + j);
     const Lanes shorter = r < d;
     d = shorter ? r : d;
     store(dist + j, d);
@@ -102,51 +126,90 @@ DA_SIMD_CLONES int64_t relax_row(const double* ci, const double* v, double* dist
     const Lanes better = d < best;
     best = better ? d : best;
     best_j = better ? j_vec : best_j;
-  }
-  return lane_argmin(best, best_j, lowest);
+    j_vec += kLanes;
+  });
+  Least least;
+  for (int64_t l = 0; l < kLanes; ++l) least.offer(best[l], best_j[l]);
+  *lowest = least.value;
+  return least.col;
 }
 
-// Solves one problem at a time; buffers are reused across the problems of a task. Columns are
-// padded to a multiple of the vector width.
+// Solves one problem at a time; buffers (O(m) each) are reused across the problems of a thread.
+// Column arrays are padded to a multiple of the vector width.
+template <typename T>
 class Solver {
  public:
-  template <typename T>
   Status solve(const T* cost, int64_t n, int64_t m, bool maximize, int64_t* cols) {
+    cost_ = cost;
     n_ = n;
     m_ = m;
-    m_pad_ = (m + kLanes - 1) / kLanes * kLanes;
-    c_.resize(n * m_pad_);
-    const Status status = load_costs(cost, c_.data(), n, m, m_pad_, maximize ? -1.0 : 1.0);
-    if (status != Status::kOk) return status;
+    sign_ = maximize ? -1.0 : 1.0;
+    const int64_t m_pad = (m + kLanes - 1) / kLanes * kLanes;
     u_.assign(n, 0.0);
-    v_.assign(m_pad_, 0.0);
+    v_.assign(m_pad, 0.0);
     col4row_.assign(n, -1);
     row4col_.assign(m, -1);
-    dist_.resize(m_pad_);
-    path_.resize(m_pad_);
-    if (!warm_start()) return Status::kInfeasible;
-    for (int64_t row = 0; row < n; ++row)
-      if (col4row_[row] < 0 && !augment(row)) return Status::kInfeasible;
+    dist_.resize(m_pad);
+    path_.resize(m_pad);
+    free_.clear();
+    const Status status = reduce_rows();
+    if (status != Status::kOk) return status;
+    for (int64_t row : free_)
+      if (!augment(row)) return Status::kInfeasible;
     std::copy(col4row_.begin(), col4row_.end(), cols);
     return Status::kOk;
   }
 
  private:
-  // Row reduction and greedy matching on the tight edges; false if a row is all +inf.
-  bool warm_start() {
-    for (int64_t i = 0; i < n_; ++i) {
-      const int64_t best = row_argmin(c_.data() + i * m_pad_, m_pad_, &u_[i]);
-      if (best < 0) return false;
-      if (row4col_[best] < 0) {
-        row4col_[best] = i;
-        col4row_[i] = best;
+  const T* row(int64_t i) const { return cost_ + i * m_; }
+
+  // Phase 1 (see the top of the file); every row is scanned, so checked, at least once. Rows left
+  // free go to free_.
+  Status reduce_rows() {
+    int64_t extra_scans = n_;
+    Least a, b;
+    for (int64_t first = 0; first < n_; ++first) {
+      for (int64_t i = first; i >= 0;) {
+        const Status status = two_least(row(i), v_.data(), m_, sign_, &a, &b);
+        if (status != Status::kOk) return status;
+        if (a.value == kInf) return infeasible_unless_bad(first + 1);
+        const double gap = b.value - a.value;
+        const bool lowered = gap > 0 && gap < kInf;
+        int64_t j = a.col;
+        if (lowered)
+          v_[j] -= gap;
+        else if (gap == 0 && row4col_[j] >= 0 && row4col_[b.col] < 0)
+          j = b.col;  // a tie: prefer the free column
+        u_[i] = lowered ? b.value : a.value;
+        const int64_t displaced = row4col_[j];
+        row4col_[j] = i;
+        col4row_[i] = j;
+        i = -1;
+        if (displaced >= 0) {
+          col4row_[displaced] = -1;
+          if (lowered && extra_scans-- > 0)
+            i = displaced;
+          else
+            free_.push_back(displaced);
+        }
       }
     }
-    return true;
+    return Status::kOk;
   }
 
-  // One Dijkstra search from the free row `cur` over reduced costs, then the dual update and
-  // the augmentation along the found path. False if no free column is reachable (infeasible).
+  // A row has no allowed column: the problem is infeasible, unless rows [from, n) hold a bad
+  // value, which is reported instead (as if the values had been checked first).
+  Status infeasible_unless_bad(int64_t from) {
+    Least a, b;
+    for (int64_t i = from; i < n_; ++i) {
+      const Status status = two_least(row(i), v_.data(), m_, sign_, &a, &b);
+      if (status != Status::kOk) return status;
+    }
+    return Status::kInfeasible;
+  }
+
+  // Phase 2: one Dijkstra search from the free row `cur` over reduced costs, then the dual update
+  // and the augmentation along the found path. False if no free column is reachable.
   bool augment(int64_t cur) {
     std::fill(dist_.begin(), dist_.begin() + m_, kInf);
     std::fill(dist_.begin() + m_, dist_.end(), kNaN);
@@ -156,8 +219,8 @@ class Solver {
     int64_t i = cur, sink = -1;
     while (sink < 0) {
       double lowest;
-      const int64_t j = relax_row(c_.data() + i * m_pad_, v_.data(), dist_.data(), path_.data(),
-                                  m_pad_, min_val - u_[i], i, &lowest);
+      const int64_t j = relax_row(row(i), v_.data(), dist_.data(), path_.data(), m_, sign_,
+                                  min_val - u_[i], i, &lowest);
       if (lowest == kInf) return false;
       min_val = lowest;
       seen_cols_.push_back(j);
@@ -185,9 +248,11 @@ class Solver {
     return true;
   }
 
-  int64_t n_ = 0, m_ = 0, m_pad_ = 0;
-  std::vector<double> c_, u_, v_, dist_, seen_dist_;
-  std::vector<int64_t> path_, col4row_, row4col_, seen_cols_;
+  const T* cost_ = nullptr;
+  int64_t n_ = 0, m_ = 0;
+  double sign_ = 1.0;
+  std::vector<double> u_, v_, dist_, seen_dist_;
+  std::vector<int64_t> path_, col4row_, row4col_, seen_cols_, free_;
 };
 
 }  // namespace
@@ -202,11 +267,11 @@ at::Tensor linear_assignment_cpu_named(const at::Tensor& cost, bool maximize, co
   AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "linear_assignment_cpu", [&] {
     const scalar_t* data = c.const_data_ptr<scalar_t>();
     int64_t* out = cols.data_ptr<int64_t>();
-    at::parallel_for(0, batch, 1, [&](int64_t lo, int64_t hi) {
-      Solver solver;
-      for (int64_t b = lo; b < hi; ++b)
-        status[b] = solver.solve(data + b * n * m, n, m, maximize, out + b * n);
-    });
+    parallel_dynamic(
+        batch, [] { return Solver<scalar_t>(); },
+        [&](Solver<scalar_t>& solver, int64_t b) {
+          status[b] = solver.solve(data + b * n * m, n, m, maximize, out + b * n);
+        });
   });
   for (int64_t b = 0; b < batch; ++b) {
     TORCH_CHECK(status[b] != Status::kNaN, name, " must not contain NaN (matrix ", b,

@@ -39,9 +39,6 @@ struct Simd<float> {
   typedef float V __attribute__((vector_size(64)));
   typedef int32_t I __attribute__((vector_size(64)));
   static constexpr int kLanes = 16;
-  // exp(x) underflows (to a subnormal) below this; we return exactly 0 there instead.
-  static constexpr float kExpMin = -87.3f;
-  static constexpr float kExpMax = 88.7f;
 };
 
 template <>
@@ -49,8 +46,6 @@ struct Simd<double> {
   typedef double V __attribute__((vector_size(64)));
   typedef int64_t I __attribute__((vector_size(64)));
   static constexpr int kLanes = 8;
-  static constexpr double kExpMin = -708.0;
-  static constexpr double kExpMax = 709.0;
 };
 
 template <typename T>
@@ -98,25 +93,20 @@ DA_INLINE void for_chunks(int64_t n, Body&& body) {
   if (j < n) body(j, n - j);
 }
 
+// Sum of the lanes, pairwise (log2(lanes) shuffle-adds: a short dependency chain at the end of
+// every row).
 template <typename T>
 DA_INLINE T hsum(Vec<T> v) {
-  T s = 0;
-  for (int k = 0; k < Simd<T>::kLanes; ++k) s += v[k];
-  return s;
+  using I = typename Simd<T>::I;
+  for (int half = Simd<T>::kLanes / 2; half > 0; half /= 2) {
+    I rotate;
+    for (int l = 0; l < Simd<T>::kLanes; ++l) rotate[l] = (l + half) % Simd<T>::kLanes;
+    v += __builtin_shuffle(v, rotate);
+  }
+  return v[0];
 }
 
-// exp(r) on the reduced range |r| <= ln2/2: minimax polynomial (Cephes) for float, Taylor to
-// degree 13 for double (truncation error < 1e-17).
-DA_INLINE Vec<float> exp_reduced(Vec<float> r) {
-  Vec<float> p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  return p * r * r + r + 1.0f;
-}
-
+// exp(r) on the reduced range |r| <= ln2/2: Taylor to degree 13 (truncation error < 1e-17).
 DA_INLINE Vec<double> exp_reduced(Vec<double> r) {
   Vec<double> p = splat(1.0 / 6227020800.0);
   const double inv_fact[] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
@@ -128,38 +118,86 @@ DA_INLINE Vec<double> exp_reduced(Vec<double> r) {
   return p;
 }
 
-// Vectorised exp for x <= 88 (float) / 709 (double), the range of every log-plan entry after a
-// normalisation: x = k ln2 + r, exp(x) = 2^k exp(r). Exactly 0 below kExpMin; x must not be NaN.
-// Relative error ~1 ulp (float) / ~2 ulp (double).
-template <typename T>
-DA_INLINE Vec<T> vexp_bounded(Vec<T> x) {
-  using S = Simd<T>;
-  using I = typename S::I;
-  constexpr int kMantissa = std::numeric_limits<T>::digits - 1;
-  constexpr int kBias = std::numeric_limits<T>::max_exponent - 1;
-  // Round-to-nearest by the 1.5 * 2^mantissa trick: exact without -ffast-math.
-  const T magic = T(1.5) * T(int64_t(1) << kMantissa);
-  // ln2 split so that k * kLn2Hi is exact.
-  const T kLn2Hi = sizeof(T) == 4 ? T(0.693359375) : T(6.93145751953125e-1);
-  const T kLn2Lo = sizeof(T) == 4 ? T(-2.12194440e-4) : T(1.42860682030941723212e-6);
-  const Vec<T> xc = x < T(S::kExpMin) ? splat<T>(S::kExpMin) : x;
-  const Vec<T> k = (xc * T(1.4426950408889634) + magic) - magic;
-  const Vec<T> r = xc - k * kLn2Hi - k * kLn2Lo;
-  const I e = (__builtin_convertvector(k, I) + kBias) << kMantissa;
-  Vec<T> scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  const Vec<T> y = exp_reduced(r) * scale;
-  return x < T(S::kExpMin) ? splat<T>(0) : y;
+// 2^r on |r| <= 1/2. Float: a degree-6 polynomial fitted for least relative error (max 1e-7,
+// ~1.6 ulp, with Horner in float). Double: exp(r ln2) by the Taylor series above.
+DA_INLINE Vec<float> exp2_reduced(Vec<float> r) {
+  Vec<float> p = splat(1.5345817e-4f);
+  p = p * r + 1.3399931e-3f;
+  p = p * r + 9.6184891e-3f;
+  p = p * r + 5.5503286e-2f;
+  p = p * r + 2.4022646e-1f;
+  p = p * r + 6.9314718e-1f;
+  return p * r + 1.0f;
 }
 
-// exp on the whole range (overflowing to +inf), for plans that were never normalised
-// (n_iters = 0): exp(x) = exp(x / 2)^2. x must not be NaN.
+DA_INLINE Vec<double> exp2_reduced(Vec<double> r) { return exp_reduced(r * 0.6931471805599453); }
+
+// Vectorised 2^x for x <= max_exponent - 1 (127 float, 1023 double): x = k + r with k an integer
+// and |r| <= 1/2, 2^x = 2^k 2^r. Exactly 0 for x <= -(max_exponent - 1) (it would be
+// subnormal), and at most subnormal above that; x must not be NaN.
+template <typename T>
+DA_INLINE Vec<T> vexp2_bounded(Vec<T> x) {
+  using I = typename Simd<T>::I;
+  constexpr int kMantissa = std::numeric_limits<T>::digits - 1;
+  constexpr T kBias = std::numeric_limits<T>::max_exponent - 1;
+  // Adding 1.5 * 2^mantissa rounds to an integer (exactly, without -ffast-math); the extra bias
+  // leaves k + bias in the low mantissa bits, which shift up into the exponent field of 2^k.
+  const T magic = T(1.5) * T(int64_t(1) << kMantissa) + kBias;
+  const Vec<T> xc = x < -kBias ? splat<T>(-kBias) : x;  // k = -bias: a zero field, 2^k = 0
+  const Vec<T> biased = xc + magic;
+  const Vec<T> r = xc - (biased - magic);
+  I e;
+  std::memcpy(&e, &biased, sizeof(e));
+  e <<= kMantissa;
+  Vec<T> scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return exp2_reduced(r) * scale;
+}
+
+// 2^x on the whole range (overflowing to +inf), for plans that were never normalised
+// (n_iters = 0): 2^x = (2^(x / 2))^2. x must not be NaN.
+template <typename T>
+DA_INLINE Vec<T> vexp2(Vec<T> x) {
+  constexpr T kTop = std::numeric_limits<T>::max_exponent - 2;  // (2^kTop)^2 overflows
+  Vec<T> h = x * T(0.5);
+  h = h > kTop ? splat<T>(kTop) : h;
+  const Vec<T> half = vexp2_bounded<T>(h);
+  return half * half;
+}
+
+// exp(x) = 2^(x log2 e), for x <= 88 (float) / 709 (double), the range of every log-plan entry
+// after a normalisation. Relative error ~2 ulp; exactly 0 below about -88 / -709.
+template <typename T>
+DA_INLINE Vec<T> vexp_bounded(Vec<T> x) {
+  return vexp2_bounded<T>(x * T(1.4426950408889634));
+}
+
+// exp(x) on the whole range, as vexp2.
 template <typename T>
 DA_INLINE Vec<T> vexp(Vec<T> x) {
-  Vec<T> h = x * T(0.5);
-  h = h > T(Simd<T>::kExpMax) ? splat<T>(Simd<T>::kExpMax) : h;
-  const Vec<T> half = vexp_bounded<T>(h);
-  return half * half;
+  return vexp2<T>(x * T(1.4426950408889634));
+}
+
+// log2(x) for positive normal float x (Cephes' logf polynomial, ~2 ulp): x = 2^e m with
+// m in [sqrt(1/2), sqrt(2)), log2 x = e + log(m) log2(e).
+DA_INLINE Vec<float> vlog2(Vec<float> x) {
+  using I = Simd<float>::I;
+  I bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  Vec<float> e = __builtin_convertvector((bits >> 23) - 127, Vec<float>);
+  bits = (bits & 0x7fffff) | 0x3f800000;  // m in [1, 2)
+  Vec<float> m;
+  std::memcpy(&m, &bits, sizeof(m));
+  const I big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1.0f : e;
+  const Vec<float> t = m - 1.0f, z = t * t;
+  Vec<float> y = splat(7.0376836292e-2f);
+  for (float c : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f,
+                  -1.6668057665e-1f, 2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f})
+    y = y * t + c;
+  const Vec<float> log_m = t + (y * t * z - 0.5f * z);
+  return e + log_m * 1.4426950408889634f;
 }
 
 }  // namespace deepalign::cpu

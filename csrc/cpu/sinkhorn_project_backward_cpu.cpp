@@ -20,6 +20,7 @@
 #include <cmath>
 
 #include "checks.h"
+#include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/sinkhorn_cpu.h"
 
@@ -190,11 +191,8 @@ template <typename T>
 void reverse(const Reverse<T>& rv) {
   const int64_t batch = rv.batch;
   if (rv.blocks == 1) {  // one task per matrix runs its whole sweep
-    at::parallel_for(0, batch, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t b = lo; b < hi; ++b) {
-        sweep(rv, [&](const auto& fn) { fn(b, 0); },
-              [&](int64_t bank) { rv.clear(1 - bank, b); });
-      }
+    parallel_dynamic(batch, [&](int64_t b) {
+      sweep(rv, [&](const auto& fn) { fn(b, 0); }, [&](int64_t bank) { rv.clear(1 - bank, b); });
     });
     return;
   }

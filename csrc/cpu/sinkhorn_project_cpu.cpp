@@ -5,6 +5,9 @@
 // shifted by the previous potential (after a row step every entry is <= 1, so a column sum is
 // in [0, n] and cannot overflow; likewise for rows), so no max pass is needed. A sum that
 // underflows (extreme scores / tau) is recomputed exactly with a max shift.
+// The kernel works in base 2: with k = log2(e) / tau, k s_ij is L_ij log2(e), the potentials are
+// kept times log2(e) (converted back when saved), and every exp is an exp2, which needs no range
+// reduction by ln 2. The logs of a half-step are taken together, vectorised.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -12,6 +15,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/sinkhorn_cpu.h"
 
@@ -42,7 +46,7 @@ DA_SIMD_CLONES bool col_max(const T* s, T* g, int64_t n, T k, int64_t r0, int64_
   return true;
 }
 
-// acc[j] += sum_{i in [r0, r1)} exp(k s_ij + f_i + g_j)
+// acc[j] += sum_{i in [r0, r1)} 2^(k s_ij + f_i + g_j)
 template <typename T>
 DA_SIMD_CLONES void col_sums(const T* s, const T* f, const T* g, T* acc, int64_t n, T k,
                              int64_t r0, int64_t r1) {
@@ -51,56 +55,72 @@ DA_SIMD_CLONES void col_sums(const T* s, const T* f, const T* g, T* acc, int64_t
     const T fi = f[i];
     for_chunks<T>(n, [&](int64_t j, auto c) DA_LAMBDA_INLINE {
       const Vec<T> x = load_partial(row + j, c, T(0)) * k + (load_partial(g + j, c, T(0)) + fi);
-      store_partial(acc + j, load_partial(acc + j, c, T(0)) + vexp_bounded<T>(x), c);
+      store_partial(acc + j, load_partial(acc + j, c, T(0)) + vexp2_bounded<T>(x), c);
     });
   }
 }
 
-// sum_j exp(k s_ij + g_j + shift) for one row.
+// sum_j 2^(k s_ij + g_j + shift) for one row.
 template <typename T>
-DA_SIMD_CLONES T row_sum(const T* row, const T* g, int64_t n, T k, T shift) {
+DA_INLINE T row_sum(const T* row, const T* g, int64_t n, T k, T shift) {
   constexpr int W = Simd<T>::kLanes;
   Vec<T> a0{}, a1{};
   int64_t j = 0;
   for (; j + 2 * W <= n; j += 2 * W) {  // two accumulators hide the add latency
-    a0 += vexp_bounded<T>(load(row + j) * k + (load(g + j) + shift));
-    a1 += vexp_bounded<T>(load(row + j + W) * k + (load(g + j + W) + shift));
+    a0 += vexp2_bounded<T>(load(row + j) * k + (load(g + j) + shift));
+    a1 += vexp2_bounded<T>(load(row + j + W) * k + (load(g + j + W) + shift));
   }
   for_chunks<T>(n - j, [&](int64_t jj, auto c) DA_LAMBDA_INLINE {
-    // Padding lanes get g = -inf, so they add exp(-inf) = 0.
-    a0 += vexp_bounded<T>(load_partial(row + j + jj, c, T(0)) * k +
-                          (load_partial(g + j + jj, c, T(kNegInf)) + shift));
+    // Padding lanes get g = -inf, so they add 2^-inf = 0.
+    a0 += vexp2_bounded<T>(load_partial(row + j + jj, c, T(0)) * k +
+                           (load_partial(g + j + jj, c, T(kNegInf)) + shift));
   });
   return hsum<T>(a0 + a1);
 }
 
-// Exact -logsumexp of a strided vector k * s[i * stride] + h[i], i < n (the underflow fallback).
+// Exact -log2(sum_i 2^(k s[i * stride] + h[i])), i < n (the underflow fallback).
 template <typename T>
-T neg_lse(const T* s, int64_t stride, const T* h, int64_t n, T k) {
+T neg_lse2(const T* s, int64_t stride, const T* h, int64_t n, T k) {
   T m = -std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < n; ++i) m = std::max(m, s[i * stride] * k + h[i]);
   T sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += std::exp(s[i * stride] * k + h[i] - m);
-  return -(m + std::log(sum));
+  for (int64_t i = 0; i < n; ++i) sum += std::exp2(s[i * stride] * k + h[i] - m);
+  return -(m + std::log2(sum));
 }
 
-// Row step on rows [r0, r1): f_i <- -logsumexp_j(L_ij + g_j).
+// pot[i] -= log2(sum[i]) for i < n: vectorised for float, scalar for double (which has no vlog2).
+// A sum that is not a normal float gives garbage here; the caller recomputes those.
 template <typename T>
-void row_step(const T* s, T* f, const T* g, int64_t n, T k, int64_t r0, int64_t r1) {
-  for (int64_t i = r0; i < r1; ++i) {
-    const T sum = row_sum(s + i * n, g, n, k, f[i]);
-    f[i] = sum > kTinySum<T> ? f[i] - std::log(sum) : neg_lse(s + i * n, 1, g, n, k);
+DA_INLINE void subtract_log2(T* pot, const T* sum, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    for_chunks<float>(n, [&](int64_t i, auto c) DA_LAMBDA_INLINE {
+      const Vec<float> x = load_partial(sum + i, c, 1.0f);
+      store_partial(pot + i, load_partial(pot + i, c, 0.0f) - vlog2(x), c);
+    });
+  } else {
+    for (int64_t i = 0; i < n; ++i) pot[i] -= std::log2(sum[i]);
   }
 }
 
-// Column step, given acc[j] = sum_i exp(L_ij + f_i + g_j): g_j <- -logsumexp_i(L_ij + f_i).
+// Row step on rows [r0, r1): f_i <- -log2sumexp2_j(k s_ij + g_j), using sums[r0, r1) as scratch.
 template <typename T>
-void col_finish(const T* s, const T* f, T* g, const T* acc, int64_t n, T k) {
-  for (int64_t j = 0; j < n; ++j)
-    g[j] = acc[j] > kTinySum<T> ? g[j] - std::log(acc[j]) : neg_lse(s + j, n, f, n, k);
+DA_SIMD_CLONES void row_step(const T* s, T* f, const T* g, T* sums, int64_t n, T k, int64_t r0,
+                             int64_t r1) {
+  for (int64_t i = r0; i < r1; ++i) sums[i] = row_sum(s + i * n, g, n, k, f[i]);
+  subtract_log2(f + r0, sums + r0, r1 - r0);
+  for (int64_t i = r0; i < r1; ++i)
+    if (!(sums[i] > kTinySum<T>)) f[i] = neg_lse2(s + i * n, 1, g, n, k);
 }
 
-// p_ij = exp(k s_ij + f_i + g_j) on rows [r0, r1).
+// Column step, given acc[j] = sum_i 2^(k s_ij + f_i + g_j): g_j <- -log2sumexp2_i(k s_ij + f_i).
+template <typename T>
+DA_SIMD_CLONES void col_finish(const T* s, const T* f, T* g, const T* acc, int64_t n, T k) {
+  subtract_log2(g, acc, n);
+  for (int64_t j = 0; j < n; ++j)
+    if (!(acc[j] > kTinySum<T>)) g[j] = neg_lse2(s + j, n, f, n, k);
+}
+
+// p_ij = 2^(k s_ij + f_i + g_j) on rows [r0, r1).
 template <typename T>
 DA_SIMD_CLONES void write_plan(const T* s, const T* f, const T* g, T* p, int64_t n, T k,
                                int64_t r0, int64_t r1) {
@@ -108,7 +128,7 @@ DA_SIMD_CLONES void write_plan(const T* s, const T* f, const T* g, T* p, int64_t
     const T fi = f[i];
     for_chunks<T>(n, [&](int64_t j, auto c) DA_LAMBDA_INLINE {
       const Vec<T> x = load_partial(s + i * n + j, c, T(0)) * k + (load_partial(g + j, c, T(0)) + fi);
-      store_partial(p + i * n + j, vexp<T>(x), c);
+      store_partial(p + i * n + j, vexp2<T>(x), c);
     });
   }
 }
@@ -119,12 +139,12 @@ struct Problem {
   T* p;            // (B, n, n) plan
   T* row_pot;      // (B, n_iters, n)
   T* col_pot;      // (B, n_iters, n)
-  T* f;            // (B, n) current row potential
-  T* g;            // (B, n) current column potential
+  T* f;            // (B, n) current row potential, times log2(e)
+  T* g;            // (B, n) current column potential, times log2(e)
   T* acc;          // (B, blocks, n) partial column sums
   char* bad;       // (B,) non-finite input flags
   int64_t n, n_iters, blocks;
-  T k;
+  T k;            // log2(e) / tau
 
   const T* mat(int64_t b) const { return s + b * n * n; }
   std::pair<int64_t, int64_t> rows(int64_t blk) const { return block_rows(n, blocks, blk); }
@@ -137,9 +157,12 @@ struct Problem {
       for (int64_t j = 0; j < n; ++j) a[j] += part(b, blk)[j];
     col_finish(mat(b), f + b * n, g + b * n, a, n, k);
   }
-  void save(int64_t b, int64_t t) const {
-    std::copy(f + b * n, f + (b + 1) * n, row_pot + (b * n_iters + t) * n);
-    std::copy(g + b * n, g + (b + 1) * n, col_pot + (b * n_iters + t) * n);
+  void save(int64_t b, int64_t t) const {  // in natural units, as the backward reads them
+    const T ln2 = T(0.6931471805599453);
+    std::transform(f + b * n, f + (b + 1) * n, row_pot + (b * n_iters + t) * n,
+                   [&](T x) { return x * ln2; });
+    std::transform(g + b * n, g + (b + 1) * n, col_pot + (b * n_iters + t) * n,
+                   [&](T x) { return x * ln2; });
   }
 
   // The whole forward of matrix b in one task (blocks == 1).
@@ -154,7 +177,7 @@ struct Problem {
       std::fill(acc + b * n, acc + (b + 1) * n, T(0));
       col_sums(mat(b), fb, gb, acc + b * n, n, k, 0, n);
       col_finish(mat(b), fb, gb, acc + b * n, n, k);
-      row_step(mat(b), fb, gb, n, k, 0, n);
+      row_step(mat(b), fb, gb, acc + b * n, n, k, 0, n);
       save(b, t);
     }
     if (n_iters == 0) std::fill(gb, gb + n, T(0));
@@ -165,9 +188,7 @@ struct Problem {
 template <typename T>
 void forward(const Problem<T>& pr, int64_t batch) {
   if (pr.blocks == 1) {
-    at::parallel_for(0, batch, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t b = lo; b < hi; ++b) pr.run_matrix(b);
-    });
+    parallel_dynamic(batch, [&](int64_t b) { pr.run_matrix(b); });
     return;
   }
   // A small batch: every half-step is split by rows over the threads.
@@ -194,7 +215,7 @@ void forward(const Problem<T>& pr, int64_t batch) {
     for (int64_t b = 0; b < batch; ++b) pr.finish_columns(b);
     for_blocks(batch, pr.blocks, [&](int64_t b, int64_t blk) {
       auto [r0, r1] = pr.rows(blk);
-      row_step(pr.mat(b), pr.f + b * n, pr.g + b * n, n, pr.k, r0, r1);
+      row_step(pr.mat(b), pr.f + b * n, pr.g + b * n, pr.part(b, 0), n, pr.k, r0, r1);
     });
     for (int64_t b = 0; b < batch; ++b) pr.save(b, t);
   }
@@ -234,7 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_project_cpu_checked(
     Problem<scalar_t> pr{s.const_data_ptr<scalar_t>(), p.data_ptr<scalar_t>(),
                          row_pot.data_ptr<scalar_t>(), col_pot.data_ptr<scalar_t>(),
                          f.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), acc.data_ptr<scalar_t>(),
-                         bad.data(), n, n_iters, blocks, scalar_t(1.0 / tau)};
+                         bad.data(), n, n_iters, blocks, scalar_t(1.4426950408889634 / tau)};
     forward(pr, batch);
   });
   for (int64_t b = 0; b < batch; ++b)

@@ -24,12 +24,14 @@ linear_assignment.__doc__ = LINEAR_ASSIGNMENT_DOC.rstrip() + r"""
 
     Notes
     -----
-    Shortest augmenting paths (Jonker-Volgenant in Crouse's form, as scipy) in float64 after a
-    row-reduction warm start, one problem per thread; ties are broken deterministically. Not
-    differentiable: the result never requires grad.
+    On CPU, augmenting row reduction (Jonker-Volgenant) settles most rows with one scan each,
+    then shortest augmenting paths (Crouse's form, as scipy) place the rest, in float64; problems
+    are handed to threads one at a time. Ties are broken deterministically, and the result does
+    not depend on the thread count. Not differentiable: the result never requires grad.
 
-    On CUDA the same algorithm runs one thread block per problem, with the Dijkstra scans over
-    the columns parallel across the block; CUDA tensors in, CUDA tensors out. Hungarian-rounding
+    On CUDA, shortest augmenting paths after a row-reduction warm start run one thread block per
+    problem, with the Dijkstra scans over the columns parallel across the block; CUDA tensors
+    in, CUDA tensors out. Hungarian-rounding
     fallback: a problem too wide for one block's shared memory (m above about 9000 columns) is
     solved by the CPU kernel instead, with one device-to-host copy of the whole batch.
 """

@@ -69,6 +69,43 @@ def test_structured_near_permutation_scores(noise):
     torch.testing.assert_close(_total(p, cols), _scipy_total(p, True), rtol=0, atol=1e-9)
 
 
+def _contested(kind, n, m, seed):
+    """Costs where the rows compete for the same columns, so the row-reduction phase must
+    displace rows, exhaust its budget or break ties, and leave the rest to augmenting paths."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.rand(n, 1, generator=gen), torch.rand(1, m, generator=gen)
+    if kind == "rank-1":  # every row's cheapest column is the same one
+        return -x * y
+    if kind == "one-column":
+        return torch.rand(n, m, generator=gen) + 10.0 * (torch.arange(m) != 0)
+    if kind == "constant-rows":  # every column ties within a row
+        return x.expand(n, m).clone()
+    return torch.randint(0, 3, (n, m), generator=gen).double()  # "three-levels": many ties
+
+
+@pytest.mark.parametrize("kind", ["rank-1", "one-column", "constant-rows", "three-levels"])
+@pytest.mark.parametrize("n,m", [(40, 40), (30, 45)])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_contested_columns_are_optimal(kind, n, m, maximize, dtype):
+    cost = torch.stack([_contested(kind, n, m, seed) for seed in range(3)]).to(dtype)
+    cols = ops.linear_assignment(cost, maximize=maximize)
+    _assert_injective(cols, m)
+    torch.testing.assert_close(_total(cost, cols), _scipy_total(cost, maximize), rtol=0,
+                               atol=1e-9)
+
+
+def test_result_does_not_depend_on_thread_count():
+    cost = torch.cat([_near_permutation(7, 50, 1.0, seed=6), _rand((7, 50, 50), seed=6)])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.linear_assignment(cost, maximize=True)
+        torch.set_num_threads(2)
+        assert torch.equal(ops.linear_assignment(cost, maximize=True), one)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 6), extra=st.integers(0, 2), maximize=st.booleans(),
        levels=st.sampled_from([3, 1000]), seed=st.integers(0, 2**16))
@@ -118,6 +155,9 @@ def test_infeasible_problems_are_errors(maximize):
         ops.linear_assignment(cost, maximize=maximize)
     cost = torch.full((1, 4, 6), forbidden)
     with pytest.raises(RuntimeError, match="no feasible assignment"):
+        ops.linear_assignment(cost, maximize=maximize)
+    cost[0, 3, 5] = math.nan  # a bad value is reported even after an all-forbidden row
+    with pytest.raises(RuntimeError, match="must not contain NaN"):
         ops.linear_assignment(cost, maximize=maximize)
 
 
