@@ -31,7 +31,7 @@ from deepalign.data import load_dataset
 from deepalign.nn import DeepAlign, make_config
 from deepalign.testing import assert_aligner_equivariant
 from deepalign.training import (Augmentation, BarrierValidator, PairSampler, TrainConfig,
-                                read_metrics, step_generator, train)
+                                keep_freed_memory, read_metrics, step_generator, train)
 from deepalign.training._trainer import _StepLoss
 from deepalign.weightspace import identity_permutations
 from deepalign.zoo import Zoo
@@ -140,6 +140,7 @@ def main():
     parser.add_argument("--val-pairs", type=int, default=32)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    keep_freed_memory()  # as train() does on the CPU
     zoo = Zoo(args.zoo)
     data = load_dataset(zoo.dataset)
     spec = PermutationSpec.from_module(zoo.build_model(), torch.zeros(1, *data.image_shape))

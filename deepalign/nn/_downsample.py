@@ -40,4 +40,8 @@ class InputDownsample(nn.Module):
     def unpool(self, slots: torch.Tensor, attn: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """slots (B, d_1, k, c_out), weights (B, d_1, d_0, k), w (B, d_1, d_0, c)
         -> (B, d_1, d_0, c_out)."""
-        return attn @ slots + w @ self.skip
+        b, d_1, d_0, _ = w.shape
+        # the attention term accumulates in place into the skip's fresh (non-view) output
+        out = w.reshape(b * d_1, d_0, -1) @ self.skip
+        out.baddbmm_(attn.reshape(b * d_1, d_0, -1), slots.reshape(b * d_1, slots.shape[2], -1))
+        return out.view(b, d_1, d_0, -1)

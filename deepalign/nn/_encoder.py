@@ -120,10 +120,10 @@ class WeightSpaceEncoder(nn.Module):
                 sizes, c_w, c_b, c_out, config.set_layer, heads, config.reduction,
                 k if (every or i == 0) else None, bias_only=last, unpool=every))
             if not last:
-                block = [TupleBatchNorm(n_layers, c_out)] if config.norm == "batch" else []
                 if config.norm not in ("batch", None):
                     raise ValueError(f"norm must be 'batch' or None, got {config.norm!r}")
-                block.append(TupleReLU())
+                block = [TupleBatchNorm(n_layers, c_out, relu=True) if config.norm == "batch"
+                         else TupleReLU()]
                 if config.dropout:
                     block.append(TupleDropout(config.dropout))
                 self.between.append(_TupleSequential(block))

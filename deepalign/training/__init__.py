@@ -1,4 +1,5 @@
 """Label-free training of Deep-Align: pairs, augmentations, losses, the trainer."""
+from deepalign.training._allocator import keep_freed_memory
 from deepalign.training._augment import Augmentation, augment
 from deepalign.training._checkpoint import load_checkpoint, save_checkpoint
 from deepalign.training._logging import MetricLog, read_metrics
@@ -9,6 +10,6 @@ from deepalign.training._selection import BarrierValidator
 from deepalign.training._trainer import TrainConfig, step_generator, train
 
 __all__ = ["Augmentation", "BarrierValidator", "MetricLog", "PairBatch", "PairSampler",
-           "TrainConfig", "alignment_loss", "augment", "interpolation_loss", "load_checkpoint",
-           "plot_training", "read_metrics", "save_checkpoint", "step_generator",
-           "supervised_loss", "train"]
+           "TrainConfig", "alignment_loss", "augment", "interpolation_loss", "keep_freed_memory",
+           "load_checkpoint", "plot_training", "read_metrics", "save_checkpoint",
+           "step_generator", "supervised_loss", "train"]

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from deepalign.nn import DeepAlign
+from deepalign.training._allocator import keep_freed_memory
 from deepalign.training._augment import Augmentation
 from deepalign.training._checkpoint import BEST, load_checkpoint, save_checkpoint
 from deepalign.training._distributed import (any_rank, barrier_if_distributed,
@@ -109,7 +110,8 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
     """Train a ``DeepAlign`` aligner on a zoo; returns it (final weights, eval mode).
 
     Classifier zoos pair any two networks and score interpolations on the training images; INR
-    zoos pair views of one image and score them against it (``TaskData``).
+    zoos pair views of one image and score them against it (``TaskData``). On the CPU it calls
+    :func:`keep_freed_memory`: the process then keeps its peak heap until it exits.
 
     Parameters
     ----------
@@ -134,6 +136,8 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
     train_task = task_data(zoo, zoo.split["train"])
     rank, world, device = init_distributed(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                          f"{world} data-parallel ranks")
