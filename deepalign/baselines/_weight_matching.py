@@ -7,10 +7,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deepalign.baselines._similarity import SimilarityMatrices
 from deepalign.ops import linear_assignment
 from deepalign.weightspace._pairs import broadcast_pair, ranks_of
 from deepalign.weightspace._perm_sets import identity_permutations
-from deepalign.weightspace._permute import classify_perms, permute, permute_tensor
+from deepalign.weightspace._permute import classify_perms, permute
 from deepalign.weightspace._spec import PermutationSpec
 
 IMPROVEMENT_THRESHOLD = 1e-12
@@ -21,36 +22,6 @@ def sweep_rng(seed: int, pair_index: int) -> np.random.Generator:
     ``sweep_rng(seed, b).permutation(n_perms)``. It does not depend on the batch the pair sits
     in, so a one-pair-at-a-time implementation can replay it exactly."""
     return np.random.default_rng([seed, pair_index])
-
-
-def matching_cost(a: Mapping, b: Mapping, spec: PermutationSpec, perms: Mapping, name: str,
-                  n: int) -> torch.Tensor:
-    r"""Similarity matrix of one permutation given all the others, for a batch of pairs.
-
-    .. math:: S_{ij} = \sum_{(t, k) \in \text{axes}(P)} \langle A_t[i], \pi_{-k}(B_t)[j] \rangle
-
-    where ``A_t[i]`` is slice ``i`` of tensor ``t`` along axis ``k`` (a block of slices for a
-    block axis) and ``\pi_{-k}(B_t)`` is ``B_t`` with every other permutation applied.
-
-    Parameters
-    ----------
-    a, b : dict of str to Tensor, each (G, ...)
-    perms : dict of str to Tensor, each (G, n_p)
-    name : str
-        The permutation to solve for; ``n`` its size.
-
-    Returns
-    -------
-    Tensor, shape (G, n, n)
-    """
-    batch = next(iter(a.values())).shape[0]
-    first = a[spec.perm_to_axes[name][0][0]]
-    cost = torch.zeros(batch, n, n, dtype=first.dtype, device=first.device)
-    for key, axis in spec.perm_to_axes[name]:
-        wa = a[key].movedim(axis + 1, 1).reshape(batch, n, -1)
-        wb = permute_tensor(b[key], spec.axes_to_perm[key], perms, skip_axis=axis)
-        cost += wa @ wb.movedim(axis + 1, 1).reshape(batch, n, -1).mT
-    return cost
 
 
 def weight_matching_objective(sd_a: Mapping, sd_b: Mapping, spec: PermutationSpec,
@@ -69,61 +40,74 @@ def weight_matching_objective(sd_a: Mapping, sd_b: Mapping, spec: PermutationSpe
 
 
 class _Descent:
-    """Coordinate-descent state of a batch of pairs.
+    """Coordinate descent of a batch of pairs, each pair on its own schedule.
 
-    A permutation's cost matrix depends only on the other permutations sharing its tensors;
-    a solve whose inputs did not change since that permutation's last solve would return the
-    same assignment again, so it is skipped (the result is identical, only faster).
+    Every pair walks through its own sweeps (orders from ``sweep_rng``) and never waits for
+    the others: each round solves one perm, the one most pairs visit next, for all of them
+    at once. A visit whose similarity matrix did not change since that perm's last solve
+    would return the same assignment again, so it is skipped as "no improvement": the results
+    equal the plain algorithm's, pair by pair.
     """
 
-    def __init__(self, a, b, spec, sizes, perms):
-        self.a, self.b, self.spec, self.sizes, self.perms = a, b, spec, sizes, perms
-        width = next(iter(perms.values())).shape[0]
-        device = next(iter(perms.values())).device
-        self.active = torch.ones(width, dtype=torch.bool, device=device)
-        self.deps = {q: sorted({p for key, axis in spec.perm_to_axes[q]
-                                for ax, p in enumerate(spec.axes_to_perm[key])
-                                if p is not None and ax != axis}) for q in spec.perm_names}
-        self.version = {q: torch.zeros(width, dtype=torch.long, device=device)
-                        for q in spec.perm_names}
-        self.seen = {q: torch.zeros(width, len(self.deps[q]), dtype=torch.long, device=device)
-                     for q in spec.perm_names}
-        self.solved = {q: torch.zeros(width, dtype=torch.bool, device=device)
-                       for q in spec.perm_names}
+    def __init__(self, similarity, perms, names, rngs, max_iter):
+        self.similarity, self.perms, self.names = similarity, perms, names
+        self.rngs, self.max_iter = rngs, max_iter
+        width, n = len(rngs), len(names)
+        self.device = next(iter(perms.values())).device
+        self.order = np.zeros((width, n), dtype=np.int64)
+        self.pos = np.full(width, n)  # at the end of "sweep 0", so that sweep 1 starts
+        self.sweeps = np.zeros(width, dtype=np.int64)
+        self.improved = np.ones(width, dtype=bool)
+        self.active = np.ones(width, dtype=bool)
+        self.stale = np.ones((n, width), dtype=bool)
+        self.affected = {p: np.array([names.index(q) for q in similarity.affected(p)],
+                                     dtype=np.int64) for p in names}
 
-    def sweep(self, order: torch.Tensor) -> bool:
-        """One sweep; ``order`` (B, n_perms) per pair. Returns whether any pair is active."""
-        improved = torch.zeros_like(self.active)
-        for step in range(order.shape[1]):
-            for q, name in enumerate(self.spec.perm_names):
-                current = torch.stack([self.version[d] for d in self.deps[name]], 1) \
-                    if self.deps[name] else self.seen[name]
-                stale = ~self.solved[name] | (self.seen[name] != current).any(1)
-                idx = torch.nonzero(self.active & (order[:, step] == q) & stale).flatten()
-                if len(idx) > 0:
-                    improved[idx] |= self.solve(name, idx)
-                    self.seen[name][idx] = current[idx]
-                    self.solved[name][idx] = True
-        self.active &= improved
-        return bool(self.active.any())
+    def run(self, bar) -> None:
+        """Descend until every pair stopped; ``bar`` counts the pairs that stopped."""
+        while True:
+            head = self._advance(bar)
+            if not self.active.any():
+                return
+            q = int(np.bincount(head[self.active], minlength=len(self.names)).argmax())
+            idx = np.flatnonzero(self.active & (head == q))
+            self.improved[idx] |= self._solve(q, idx)
+            self.pos[idx] += 1
 
-    def solve(self, name: str, idx: torch.Tensor) -> torch.Tensor:
-        """Exact assignment for perm ``name`` of pairs ``idx``; returns which improved."""
-        keys = {key for key, _ in self.spec.perm_to_axes[name]}
-        # early sweeps solve every pair: skip the gathers (copies of all weights) then
-        every = len(idx) == len(self.active)
-        take = (lambda t: t) if every else (lambda t: t[idx])  # noqa: E731
-        sub = {k: take(p) for k, p in self.perms.items()}
-        cost = matching_cost({k: take(self.a[k]) for k in keys},
-                             {k: take(self.b[k]) for k in keys}, self.spec, sub, name,
-                             self.sizes[name])
+    def _advance(self, bar) -> np.ndarray:
+        """Move every active pair on to its next visit that needs a solve; return the perm
+        each pair visits next."""
+        rows = np.arange(len(self.pos))
+        n = len(self.names)
+        while True:
+            ended = self.active & (self.pos == n)
+            stop = ended & (~self.improved | (self.sweeps >= self.max_iter))
+            self.active &= ~stop
+            bar.update(int(stop.sum()))
+            for i in np.flatnonzero(ended & ~stop):
+                self.order[i] = self.rngs[i].permutation(n)
+            restart = ended & ~stop
+            self.pos[restart], self.improved[restart] = 0, False
+            self.sweeps[restart] += 1
+            head = self.order[rows, np.minimum(self.pos, n - 1)]
+            skip = self.active & ~self.stale[head, rows]
+            if not skip.any():
+                return head
+            self.pos[skip] += 1
+
+    def _solve(self, q: int, idx: np.ndarray) -> np.ndarray:
+        """Exact assignment for perm ``q`` of pairs ``idx``; returns which improved."""
+        name = self.names[q]
+        pairs = torch.from_numpy(idx).to(self.device)
+        cost = self.similarity.get(name, pairs)
+        old = self.perms[name][pairs]
         new = linear_assignment(cost, maximize=True)
-        # float64 sums: rounding must not make an equal-cost tie look like progress
-        old_value = cost.double().gather(2, sub[name][:, :, None]).sum((1, 2))
-        new_value = cost.double().gather(2, new[:, :, None]).sum((1, 2))
-        self.version[name][idx] += (new != sub[name]).any(1).long()
-        self.perms[name][idx] = new  # after the comparison: ``sub`` may alias the perms
-        return new_value > old_value + IMPROVEMENT_THRESHOLD
+        values = cost.gather(2, torch.stack([old, new], 2)).sum(1)
+        self.perms[name][pairs] = new
+        self.stale[q, idx] = False
+        moved = self.similarity.update(name, pairs, old)
+        self.stale[self.affected[name][:, None], moved.cpu().numpy()] = True
+        return (values[:, 1] > values[:, 0] + IMPROVEMENT_THRESHOLD).cpu().numpy()
 
 
 def weight_matching(sd_a: Mapping, sd_b: Mapping, spec: PermutationSpec, max_iter: int = 100,
@@ -138,10 +122,12 @@ def weight_matching(sd_a: Mapping, sd_b: Mapping, spec: PermutationSpec, max_ite
     others fixed. A pair stops after the first sweep in which no permutation improved its
     term by more than 1e-12, or after ``max_iter`` sweeps. The objective never decreases.
 
-    All pairs visiting the same permutation at a step share one batched cost computation and
-    one batched ``linear_assignment`` call. A solve whose cost matrix cannot have changed since
-    that permutation's last solve (none of the permutations it depends on moved) is skipped:
-    it would return the same assignment, so results equal the plain algorithm's.
+    Each pair follows its own schedule; all pairs that visit the same permutation next share
+    one batched ``linear_assignment`` call. The similarity matrices are not rebuilt per solve
+    but updated by the rows of the perm that moved (``SimilarityMatrices``), in the weights'
+    dtype and accumulated in float64 as the reference numpy code does. A solve whose matrix
+    did not change since that permutation's last solve is skipped: it would return the same
+    assignment, so results equal the plain algorithm's.
 
     Parameters
     ----------
@@ -155,7 +141,7 @@ def weight_matching(sd_a: Mapping, sd_b: Mapping, spec: PermutationSpec, max_ite
     init : dict of str to Tensor, optional
         Starting perms (warm start); identity by default.
     progress : bool
-        Show a tqdm bar over sweeps.
+        Show a tqdm bar over the pairs that have stopped.
 
     Returns
     -------
@@ -177,9 +163,7 @@ def weight_matching(sd_a: Mapping, sd_b: Mapping, spec: PermutationSpec, max_ite
             raise ValueError("init must be hard perms (n,) or (B, n) matching the pairs")
         perms = {k: p.expand(width, -1).clone().to(device) for k, p in init.items()}
     rngs = [sweep_rng(seed, i) for i in range(width)]
-    state = _Descent(a, b, spec, sizes, perms)
-    for _ in tqdm(range(max_iter), desc="weight matching", disable=not progress):
-        order = np.stack([rng.permutation(len(spec.perm_names)) for rng in rngs])
-        if not state.sweep(torch.as_tensor(order, device=device)):
-            break
+    similarity = SimilarityMatrices(a, b, spec, sizes, perms)
+    with tqdm(total=width, desc="weight matching", unit="pair", disable=not progress) as bar:
+        _Descent(similarity, perms, spec.perm_names, rngs, max_iter).run(bar)
     return perms if batch is not None else {k: p[0] for k, p in perms.items()}

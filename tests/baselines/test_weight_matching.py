@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from alignment_nets import digits, stacked, state, trained
-from deepalign.baselines import weight_matching, weight_matching_objective
+from deepalign.baselines import matching_cost, sweep_rng, weight_matching, weight_matching_objective
+from deepalign.ops import linear_assignment
 from deepalign.weightspace import (PermutationSpec, check_equivalent, identity_permutations,
                                    invert_permutations, permute, random_permutations)
 
@@ -46,6 +47,44 @@ def test_pairs_in_a_batch_are_independent():
         assert torch.equal(together[name][:1], first[name])
     shared = weight_matching(state("mlp", 0), b, spec, seed=5)  # single A broadcast
     assert shared[spec.perm_names[0]].shape[0] == 2
+
+
+def plain_weight_matching(a, b, spec, seed, max_iter=100):
+    """Git Re-Basin's loop, one pair at a time, every similarity matrix rebuilt from scratch."""
+    sizes = spec.check(a, batched=True)
+    found = {name: [] for name in spec.perm_names}
+    for i in range(next(iter(a.values())).shape[0]):
+        ai, bi = ({k: v[i:i + 1] for k, v in sd.items()} for sd in (a, b))
+        perms = {name: torch.arange(n)[None] for name, n in sizes.items()}
+        rng = sweep_rng(seed, i)
+        for _ in range(max_iter):
+            progress = False
+            for q in rng.permutation(len(spec.perm_names)):
+                name = spec.perm_names[q]
+                cost = matching_cost(ai, bi, spec, perms, name, sizes[name])[0]
+                new = linear_assignment(cost, maximize=True)
+                rows = torch.arange(sizes[name])
+                progress |= bool(cost[rows, new].sum() > cost[rows, perms[name][0]].sum() + 1e-12)
+                perms[name] = new[None]
+            if not progress:
+                break
+        for name in spec.perm_names:
+            found[name].append(perms[name][0])
+    return {name: torch.stack(p) for name, p in found.items()}
+
+
+@pytest.mark.parametrize("kind", ["mlp", "resnet"])
+def test_same_perms_as_the_plain_algorithm_pair_by_pair(kind):
+    # four pairs that stop after different numbers of sweeps, each on its own schedule
+    spec = spec_of(kind)
+    a, b = stacked(kind, [0, 1, 2, 0]), stacked(kind, [1, 2, 0, 2])
+    a, b = ({k: v.double() if v.is_floating_point() else v for k, v in sd.items()}
+            for sd in (a, b))
+    for max_iter in (2, 100):
+        found = weight_matching(a, b, spec, seed=4, max_iter=max_iter)
+        expected = plain_weight_matching(a, b, spec, seed=4, max_iter=max_iter)
+        for name in spec.perm_names:
+            assert torch.equal(found[name], expected[name]), (max_iter, name)
 
 
 def test_warm_start_at_the_answer_stays_there():
