@@ -238,8 +238,15 @@ def main(argv=None):
                         help="torch threads (default: torch's choice, all cores)")
     parser.add_argument("--json", type=Path, default=None,
                         help="output path (default benchmarks/results/ops_<device>.json)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc reuses freed blocks, as deepalign.training.train sets up on "
+                             "the CPU (applies to every method alike)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.keep_freed_memory:
+        from deepalign.training import keep_freed_memory
+
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda" and not ops.has_cuda_kernels():
@@ -253,7 +260,8 @@ def main(argv=None):
         out = stage(device, timer, reps, args.quick, report)
         memory = out or memory
     print(f"\ndeepalign kernel benchmark, {args.device}, float32, {torch.get_num_threads()} "
-          f"threads, {reps} reps (median ms), load average {os.getloadavg()[0]:.1f}")
+          f"threads, {reps} reps (median ms), load average {os.getloadavg()[0]:.1f}"
+          + (", freed memory kept" if args.keep_freed_memory else ""))
     print(report.table())
     if memory:
         print(f"\npeak memory, {memory['case']}: ours {memory['ours_peak_mb']:.1f} MiB, eager "
@@ -262,6 +270,7 @@ def main(argv=None):
     path = args.json or ROOT / "results" / f"ops_{args.device}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(machine=machine(device), quick=args.quick, reps=reps,
+                                    keep_freed_memory=args.keep_freed_memory,
                                     rows=report.rows, memory=memory), indent=2, default=float))
     print(f"wrote {path}")
 
