@@ -178,7 +178,7 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
     per_rank = config.batch_size // world
     # a time-limited run ends by the clock: no step total to show
     bar = tqdm(range(start, config.steps), desc="train deep-align", disable=not (progress and lead),
-               initial=start, total=None if config.time_limit else config.steps)
+               initial=start, total=float("inf") if config.time_limit else config.steps)
     aligner.train()
     done = start
     for step in bar:
