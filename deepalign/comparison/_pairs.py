@@ -16,8 +16,9 @@ def held_out_pairs(zoo, n_pairs: int, split: str = "test", seed: int = 0) -> tup
     if split not in zoo.split:
         raise ValueError(f"split must be one of {sorted(zoo.split)}, got {split!r}")
     pool = zoo.split[split]
-    views = zoo.manifest["training"].get("views", 1) if zoo.fits_images else 1
+    views = 1
     if zoo.fits_images:
+        views = zoo.manifest["training"]["views"]
         if views < 2:
             raise ValueError(f"zoo {zoo.path}: INR pairs are two views of one image, but the "
                              "zoo fits each image once (train it with --views 2 or more)")

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 from deepalign.data import load_dataset
 from deepalign.models import build_model
 from deepalign.zoo._format import ensure_header, shard_name, update_manifest, write_shard
-from deepalign.zoo._inr import fit_images
+from deepalign.zoo._inr import fit_images, target_images
 from deepalign.zoo._reader import Zoo
 from deepalign.zoo._train import TrainSettings, model_seed, train_classifiers
 
@@ -75,8 +75,8 @@ def _train_chunk(header: dict, data, indices: list, settings: TrainSettings, on_
         stacked, records = train_classifiers(header["arch"], data, seeds, settings, on_epoch)
         return stacked, [{"index": i, **r} for i, r in zip(indices, records)]
     views = header["training"]["views"]
-    images = data.X_train[[i // views for i in indices]] * data.std + data.mean  # back to [0, 1]
-    stacked, records = fit_images(header["arch"], images, seeds, settings, on_epoch)
+    stacked, records = fit_images(header["arch"], target_images(data, indices, views), seeds,
+                                  settings, on_epoch)
     return stacked, [{"index": i, "image": i // views, "view": i % views, **r}
                      for i, r in zip(indices, records)]
 

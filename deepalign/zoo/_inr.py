@@ -69,6 +69,12 @@ def fit_images(config: dict, images: torch.Tensor, seeds: list, settings: TrainS
                      for i in range(B)]
 
 
+def target_images(data, indices, views: int) -> torch.Tensor:
+    """The training images models ``indices`` of an INR zoo fit (model ``i`` fits image
+    ``i // views``), back in ``[0, 1]``: shape (len(indices), C, H, W)."""
+    return data.X_train[[i // views for i in indices]] * data.std + data.mean
+
+
 def fitted_images(zoo, indices) -> tuple:
     """What the INRs ``indices`` of an INR zoo were fitted to, as regression data.
 
@@ -81,7 +87,5 @@ def fitted_images(zoo, indices) -> tuple:
     """
     if not zoo.fits_images:
         raise ValueError(f"zoo {zoo.path} holds classifiers, not INR fits of images")
-    data = load_dataset(zoo.dataset)
-    views = zoo.manifest["training"]["views"]
-    images = data.X_train[[i // views for i in indices]] * data.std + data.mean
+    images = target_images(load_dataset(zoo.dataset), indices, zoo.manifest["training"]["views"])
     return image_grid(*images.shape[2:]), images.flatten(2).transpose(1, 2)
