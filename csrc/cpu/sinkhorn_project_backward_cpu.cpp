@@ -13,16 +13,22 @@
 // element; A is kept in a scratch matrix until the column step reads it. The column step of t and
 // the row step of t-1 share one row-by-row pass, so an iteration reads the matrices once.
 // A batch smaller than the thread count splits every pass by rows, as the forward does.
+//
+// That sweep is the fallback: a matrix of side <= kScalingMaxN whose scores and potentials are in
+// range runs the same sweep in the scaling domain (cpu/sinkhorn_scaling.cpp), one
+// matrix-vector product per half-step instead of one exp per element.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "checks.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/sinkhorn_cpu.h"
+#include "cpu/sinkhorn_scaling.h"
 
 namespace deepalign::cpu {
 namespace {
@@ -31,6 +37,13 @@ namespace {
 // that small entries of A do not underflow into a wrong C.
 template <typename T>
 constexpr T kMaxShift = T(10);
+
+// Column potentials with -inf in a tail's padding lanes: their exp is then 0, not exp(f_i),
+// which overflows for large potentials and would put 0 * inf = NaN into the row sums.
+template <typename T, typename C>
+DA_INLINE Vec<T> load_g(const T* g, C count) {
+  return load_partial(g, count, -std::numeric_limits<T>::infinity());
+}
 
 struct Rows {
   int64_t r0, r1;
@@ -45,7 +58,7 @@ DA_SIMD_CLONES void start(const T* s, const T* gp, const T* f, const T* g, T* dl
     Vec<T> rs{};
     for_chunks<T>(n, [&](int64_t j, auto c) DA_LAMBDA_INLINE {
       const int64_t o = i * n + j;
-      const Vec<T> x = load_partial(s + o, c, T(0)) * k + (load_partial(g + j, c, T(0)) + fi);
+      const Vec<T> x = load_partial(s + o, c, T(0)) * k + (load_g(g + j, c) + fi);
       const Vec<T> dx = vexp<T>(x) * load_partial(gp + o, c, T(0));
       store_partial(dl + o, dx * scale, c);
       store_partial(dg + j, load_partial(dg + j, c, T(0)) + dx, c);
@@ -63,7 +76,7 @@ DA_INLINE void row_adjoint_row(const T* s, const T* f, const T* g, T* w, T* dl, 
   for_chunks<T>(n, [&](int64_t j, auto c) DA_LAMBDA_INLINE {
     const int64_t o = i * n + j;
     const Vec<T> a =
-        vexp_bounded<T>(load_partial(s + o, c, T(0)) * k + (load_partial(g + j, c, T(0)) + fi));
+        vexp_bounded<T>(load_partial(s + o, c, T(0)) * k + (load_g(g + j, c) + fi));
     const Vec<T> da = a * dfi;
     store_partial(w + o, a, c);
     store_partial(dl + o, load_partial(dl + o, c, T(0)) - da, c);
@@ -84,7 +97,7 @@ DA_INLINE void col_adjoint_row(const T* s, const T* fprev, const T* f, const T* 
     const int64_t o = i * n + j;
     const Vec<T> cm = reuse ? load_partial(w + o, c, T(0)) * factor
                             : vexp_bounded<T>(load_partial(s + o, c, T(0)) * k +
-                                              (load_partial(g + j, c, T(0)) + fp));
+                                              (load_g(g + j, c) + fp));
     const Vec<T> d = cm * load_partial(dg + j, c, T(0));
     store_partial(dl + o, (load_partial(dl + o, c, T(0)) - d) * scale, c);
     acc += d;
@@ -125,9 +138,11 @@ DA_SIMD_CLONES void col_row_adjoint(const T* s, Step<T> st, Step<T> prev, T* w, 
 template <typename T>
 struct Reverse {
   const T *s, *gp, *row_pot, *col_pot, *zeros;
-  T *dl, *w, *df, *dg;  // dg: (2, B, blocks, n), two banks of partial column sums
+  T *dl, *df, *dg;  // dg: (2, B, blocks, n), two banks of partial column sums
   int64_t batch, n, n_iters, blocks;
   T k;
+  T* w = nullptr;  // scratch for A: one matrix per batch entry, or one per thread (w_stride 0)
+  int64_t w_stride = 0;
 
   Rows rows(int64_t blk) const {
     auto [r0, r1] = block_rows(n, blocks, blk);
@@ -141,6 +156,7 @@ struct Reverse {
     return dg + ((bank * batch + b) * blocks + blk) * n;
   }
   int64_t off(int64_t b) const { return b * n * n; }
+  T* wmat(int64_t b) const { return w + b * w_stride; }
 
   void start_block(int64_t b, int64_t blk) const {
     const int64_t last = n_iters - 1;
@@ -149,16 +165,16 @@ struct Reverse {
           n_iters ? T(1) : k, rows(blk));
   }
   void row_block(int64_t b, int64_t blk, int64_t t) const {
-    row_adjoint(s + off(b), step(b, t), w + off(b), dl + off(b), df + b * n, part(0, b, blk), n,
+    row_adjoint(s + off(b), step(b, t), wmat(b), dl + off(b), df + b * n, part(0, b, blk), n,
                 k, rows(blk));
   }
   // Iteration t's column step and t-1's row step; dg of step t is bank `bank`, block 0.
   void fused_block(int64_t b, int64_t blk, int64_t t, int64_t bank) const {
-    col_row_adjoint(s + off(b), step(b, t), step(b, t - 1), w + off(b), dl + off(b),
+    col_row_adjoint(s + off(b), step(b, t), step(b, t - 1), wmat(b), dl + off(b),
                     part(bank, b, 0), part(1 - bank, b, blk), df + b * n, n, k, rows(blk));
   }
   void col_block(int64_t b, int64_t blk, int64_t bank) const {
-    col_adjoint(s + off(b), step(b, 0), w + off(b), dl + off(b), part(bank, b, 0), df + b * n, n,
+    col_adjoint(s + off(b), step(b, 0), wmat(b), dl + off(b), part(bank, b, 0), df + b * n, n,
                 k, k, rows(blk));
   }
   // Sum the block partials of a bank into its block 0.
@@ -187,20 +203,47 @@ void sweep(const Reverse<T>& rv, const Pass& pass, const Between& between) {
   pass([&](int64_t b, int64_t blk) { rv.col_block(b, blk, bank); });
 }
 
+// Matrix b in the scaling domain if it is in range, else (blocks == 1) by the log-domain sweep
+// with a scratch matrix of this thread's own. Returns whether b is done.
+template <typename T>
+struct PerMatrix {
+  ScalingScratch scaling;
+  std::vector<T> w;
+
+  bool run(const Reverse<T>& rv, int64_t b) {
+    const int64_t pots = b * rv.n_iters * rv.n;
+    if (scaling_backward(rv.s + rv.off(b), rv.gp + rv.off(b), rv.row_pot + pots,
+                         rv.col_pot + pots, rv.dl + rv.off(b), rv.n, rv.n_iters, double(rv.k),
+                         scaling))
+      return true;
+    if (rv.blocks != 1) return false;
+    w.resize(rv.n * rv.n);
+    Reverse<T> own = rv;
+    own.w = w.data();
+    own.w_stride = 0;
+    sweep(own, [&](const auto& fn) { fn(b, 0); }, [&](int64_t bank) { own.clear(1 - bank, b); });
+    return true;
+  }
+};
+
 template <typename T>
 void reverse(const Reverse<T>& rv) {
   const int64_t batch = rv.batch;
-  if (rv.blocks == 1) {  // one task per matrix runs its whole sweep
-    parallel_dynamic(batch, [&](int64_t b) {
-      sweep(rv, [&](const auto& fn) { fn(b, 0); }, [&](int64_t bank) { rv.clear(1 - bank, b); });
-    });
-    return;
-  }
-  sweep(rv, [&](const auto& fn) { for_blocks(batch, rv.blocks, fn); },
+  std::vector<char> done(batch, 0);
+  parallel_dynamic(
+      batch, [] { return PerMatrix<T>{}; },
+      [&](PerMatrix<T>& pm, int64_t b) { done[b] = pm.run(rv, b); });
+  if (std::all_of(done.begin(), done.end(), [](char d) { return d; })) return;
+  // A small batch outside the scaling range: every pass split by rows over the threads.
+  std::vector<T> w(batch * rv.n * rv.n);
+  Reverse<T> split = rv;
+  split.w = w.data();
+  split.w_stride = rv.n * rv.n;
+  sweep(split, [&](const auto& fn) { for_blocks(batch, split.blocks, fn); },
         [&](int64_t bank) {
           for (int64_t b = 0; b < batch; ++b) {
-            rv.reduce(bank, b);
-            rv.clear(1 - bank, b);
+            split.reduce(bank, b);
+            split.clear(1 - bank, b);
           }
         });
 }
@@ -230,18 +273,17 @@ at::Tensor sinkhorn_project_backward_cpu(const at::Tensor& grad_p, const at::Ten
   at::Tensor dl = at::empty_like(s);
   if (batch == 0 || n == 0) return dl;
   const int64_t blocks = sinkhorn_row_blocks(batch, n);
-  at::Tensor w = n_iters ? at::empty_like(s) : s.new_empty({0});
   at::Tensor df = s.new_empty({batch, n});
   at::Tensor dg = s.new_zeros({2, batch, blocks, n});
   at::Tensor zeros = s.new_zeros({n});
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "sinkhorn_project_backward_cpu", [&] {
-    Reverse<scalar_t> rv{s.const_data_ptr<scalar_t>(),  gp.const_data_ptr<scalar_t>(),
-                         rp.const_data_ptr<scalar_t>(), cp.const_data_ptr<scalar_t>(),
+    Reverse<scalar_t> rv{s.const_data_ptr<scalar_t>(),     gp.const_data_ptr<scalar_t>(),
+                         rp.const_data_ptr<scalar_t>(),    cp.const_data_ptr<scalar_t>(),
                          zeros.const_data_ptr<scalar_t>(), dl.data_ptr<scalar_t>(),
-                         w.data_ptr<scalar_t>(),          df.data_ptr<scalar_t>(),
-                         dg.data_ptr<scalar_t>(),         batch,
-                         n,                               n_iters,
-                         blocks,                          scalar_t(1.0 / tau)};
+                         df.data_ptr<scalar_t>(),          dg.data_ptr<scalar_t>(),
+                         batch,                            n,
+                         n_iters,                          blocks,
+                         scalar_t(1.0 / tau)};
     reverse(rv);
   });
   return dl;

@@ -8,6 +8,10 @@
 // The kernel works in base 2: with k = log2(e) / tau, k s_ij is L_ij log2(e), the potentials are
 // kept times log2(e) (converted back when saved), and every exp is an exp2, which needs no range
 // reduction by ln 2. The logs of a half-step are taken together, vectorised.
+//
+// That is the general kernel: a matrix of side <= kScalingMaxN with scores in range runs in the
+// scaling domain instead (cpu/sinkhorn_scaling.cpp), one exp per element in all and one
+// matrix-vector product per half-step.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -18,6 +22,7 @@
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/sinkhorn_cpu.h"
+#include "cpu/sinkhorn_scaling.h"
 
 namespace deepalign::cpu {
 namespace {
@@ -145,6 +150,7 @@ struct Problem {
   char* bad;       // (B,) non-finite input flags
   int64_t n, n_iters, blocks;
   T k;            // log2(e) / tau
+  double inv_tau;
 
   const T* mat(int64_t b) const { return s + b * n * n; }
   std::pair<int64_t, int64_t> rows(int64_t blk) const { return block_rows(n, blocks, blk); }
@@ -163,6 +169,12 @@ struct Problem {
                    [&](T x) { return x * ln2; });
     std::transform(g + b * n, g + (b + 1) * n, col_pot + (b * n_iters + t) * n,
                    [&](T x) { return x * ln2; });
+  }
+
+  // The forward of matrix b in the scaling domain, if it is in range.
+  bool run_scaled(int64_t b, ScalingScratch& scratch) const {
+    return scaling_forward(mat(b), p + b * n * n, row_pot + b * n_iters * n,
+                           col_pot + b * n_iters * n, n, n_iters, inv_tau, scratch);
   }
 
   // The whole forward of matrix b in one task (blocks == 1).
@@ -187,11 +199,15 @@ struct Problem {
 
 template <typename T>
 void forward(const Problem<T>& pr, int64_t batch) {
-  if (pr.blocks == 1) {
-    parallel_dynamic(batch, [&](int64_t b) { pr.run_matrix(b); });
-    return;
-  }
-  // A small batch: every half-step is split by rows over the threads.
+  std::vector<char> done(batch, 0);
+  parallel_dynamic(
+      batch, [] { return ScalingScratch{}; },
+      [&](ScalingScratch& scratch, int64_t b) {
+        done[b] = pr.run_scaled(b, scratch);
+        if (!done[b] && pr.blocks == 1) pr.run_matrix(b), done[b] = 1;
+      });
+  if (std::all_of(done.begin(), done.end(), [](char d) { return d; })) return;
+  // A small batch outside the scaling range: every half-step is split by rows over the threads.
   const int64_t n = pr.n;
   std::fill(pr.acc, pr.acc + batch * pr.blocks * n, -std::numeric_limits<T>::infinity());
   for_blocks(batch, pr.blocks, [&](int64_t b, int64_t blk) {
@@ -255,7 +271,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_project_cpu_checked(
     Problem<scalar_t> pr{s.const_data_ptr<scalar_t>(), p.data_ptr<scalar_t>(),
                          row_pot.data_ptr<scalar_t>(), col_pot.data_ptr<scalar_t>(),
                          f.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), acc.data_ptr<scalar_t>(),
-                         bad.data(), n, n_iters, blocks, scalar_t(1.4426950408889634 / tau)};
+                         bad.data(), n, n_iters, blocks, scalar_t(1.4426950408889634 / tau),
+                         1.0 / tau};
     forward(pr, batch);
   });
   for (int64_t b = 0; b < batch; ++b)

@@ -32,6 +32,23 @@ def test_unrolled_matches_autograd_through_reference(b, n, n_iters, tau, dtype, 
     torch.testing.assert_close(got.double() / scale, want / scale, **tol)
 
 
+# The CPU kernels run a matrix in the scaling domain when its side is <= 256 and scores / tau
+# span <= 300 (csrc/cpu/sinkhorn_scaling.cpp), and in the log domain otherwise: each case sits on
+# one side. n = 37 leaves a partial SIMD vector at the end of every row.
+@pytest.mark.parametrize("b,n,spread,tau", [(3, 37, 2.0, 0.2),     # scaling
+                                            (2, 37, 3.0, 0.01),    # log: scores / tau ~ 1e3
+                                            (1, 260, 1.0, 0.5)])   # log: n > 256
+def test_unrolled_matches_reference_in_both_domains(b, n, spread, tau, dtype, tol):
+    s, upstream = _randn((b, n, n), dtype, spread, seed=21), _randn((b, n, n), dtype, seed=22)
+    got = _grad(lambda x: ops.sinkhorn_project(x, 6, tau), s, upstream)
+    want = _grad(lambda x: reference.sinkhorn_project(x, 6, tau), s.double(), upstream.double())
+    assert torch.isfinite(got).all()
+    scale = want.abs().max().item()
+    # The log domain carries the rounding error of |scores / tau| in the working precision.
+    atol = max(tol["atol"], 100 * torch.finfo(dtype).eps * s.abs().max().item() / tau)
+    torch.testing.assert_close(got.double() / scale, want / scale, rtol=tol["rtol"], atol=atol)
+
+
 def test_unrolled_outer_matches_autograd_through_reference(dtype, tol):
     f0, f1 = _randn((2, 30, 5), dtype, seed=2), _randn((2, 30, 5), dtype, seed=3)
     upstream = _randn((2, 30, 30), dtype, seed=4)
@@ -56,6 +73,10 @@ def test_gradcheck_unrolled():
     assert torch.autograd.gradcheck(lambda a, b: ops.outer_sinkhorn_project(a, b, 5, 0.9),
                                     (f0, f1))
     assert torch.autograd.gradcheck(lambda x: ops.sinkhorn_project(x, 3), (s[0],))
+    # scores / tau spanning ~ 1e3: the log-domain kernels (the others above run in the scaling
+    # domain).
+    wide = _randn((2, 5, 5), spread=3.0, seed=23).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: ops.sinkhorn_project(x, 4, 0.01), (wide,))
 
 
 def test_gradcheck_implicit_at_convergence():
