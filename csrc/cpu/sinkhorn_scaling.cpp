@@ -39,7 +39,7 @@ constexpr double kMaxLog = 300;
 
 using VD = Vec<double>;
 constexpr int64_t kW = Simd<double>::kLanes;
-// Rows of K and Y are padded with zeros to a multiple of this (the unroll of combine_row).
+// Rows of K and Y are padded with zeros to a multiple of this (the column block of finish).
 constexpr int64_t kBlock = 4 * kW;
 
 typedef float F8 __attribute__((vector_size(32)));  // kW floats
@@ -51,7 +51,10 @@ DA_INLINE VD load_f64(const T* p, int64_t count) {
     return load_partial(p, count, 0.0);
   } else {
     F8 v{};
-    std::memcpy(&v, p, sizeof(float) * count);
+    if (count == kW)  // a fixed-size copy is one vector load, a variable one a call
+      std::memcpy(&v, p, sizeof(v));
+    else
+      std::memcpy(&v, p, sizeof(float) * count);
     return __builtin_convertvector(v, VD);
   }
 }
@@ -62,7 +65,10 @@ DA_INLINE void store_f64(T* p, VD v, int64_t count) {
     store_partial(p, v, count);
   } else {
     const F8 f = __builtin_convertvector(v, F8);
-    std::memcpy(p, &f, sizeof(float) * count);
+    if (count == kW)
+      std::memcpy(p, &f, sizeof(f));
+    else
+      std::memcpy(p, &f, sizeof(float) * count);
   }
 }
 
@@ -178,21 +184,35 @@ DA_SIMD_CLONES void transposed_product(const double* kmat, double* x, double* ac
   dot_then_axpy(kmat, x, x, acc, n, pad, [&](int64_t i, double) { return x[i]; });
 }
 
-// w0, w1 = rows i and i + 1 of X Y^T: w[j] = sum_m x[m] ys[m, j] for j < pad. Two rows share
-// each load of Y, and their eight accumulators hide the FMA latency.
-DA_SIMD_CLONES void combine_rows(const double* x0, const double* x1, const double* ys, double* w0,
-                                 double* w1, int64_t steps, int64_t pad) {
-  for (int64_t j = 0; j < pad; j += kBlock) {
-    VD a[4]{}, b[4]{};
-    for (int64_t m = 0; m < steps; ++m) {
-      const VD p = splat(x0[m]), q = splat(x1[m]);
-      const double* y = ys + m * pad + j;
-      for (int c = 0; c < 4; ++c) {
-        const VD yc = load(y + c * kW);
-        a[c] += p * yc, b[c] += q * yc;
+// d scores: ds_ij = k K_ij (G_ij u_i v_j - (X Y^T)_ij), xs = X row-major (n, steps), ys = Y
+// (steps, pad). One block of columns at a time, so that Y's block (steps x kBlock) stays in L1
+// while all rows pass; two rows share each load of it, and their eight accumulators hide the
+// FMA latency.
+template <typename T>
+DA_SIMD_CLONES void finish(const double* kmat, const double* u, const double* v, const T* gp,
+                           const double* xs, const double* ys, T* ds, int64_t n, int64_t pad,
+                           int64_t steps, double k) {
+  for (int64_t j = 0; j < n; j += kBlock) {
+    for (int64_t i = 0; i < n; i += 2) {
+      const int64_t rows = std::min<int64_t>(2, n - i);
+      const double *x0 = xs + i * steps, *x1 = xs + (i + rows - 1) * steps;
+      VD acc[2][4]{};
+      for (int64_t m = 0; m < steps; ++m) {
+        const VD p = splat(x0[m]), q = splat(x1[m]);
+        const double* y = ys + m * pad + j;
+        for (int c = 0; c < 4; ++c) {
+          const VD yc = load(y + c * kW);
+          acc[0][c] += p * yc, acc[1][c] += q * yc;
+        }
       }
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < 4 && j + c * kW < n; ++c) {
+          const int64_t col = j + c * kW, o = (i + r) * n + col;
+          const int64_t count = std::min<int64_t>(kW, n - col);
+          const VD e = load(v + col) * u[i + r] * load_f64(gp + o, count) - acc[r][c];
+          store_f64(ds + o, load(kmat + (i + r) * pad + col) * e * k, count);
+        }
     }
-    for (int c = 0; c < 4; ++c) store(w0 + j + c * kW, a[c]), store(w1 + j + c * kW, b[c]);
   }
 }
 
@@ -212,21 +232,14 @@ DA_SIMD_CLONES void start(const T* gp, const double* kmat, const double* u, cons
   }
 }
 
-// out_ij = K_ij (a_i b_j G_ij - w_ij) k on `rows` rows of n, G = 1 and w = 0 when absent: the
-// plan P = diag(a) K diag(b) in the forward, d scores in the backward.
+// p = diag(u) K diag(v).
 template <typename T>
-DA_SIMD_CLONES void scaled_kernel(const double* kmat, const double* a, const double* b,
-                                  const T* gp, const double* w, T* out, int64_t rows, int64_t n,
-                                  int64_t pad, double k) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const double* krow = kmat + i * pad;
+DA_SIMD_CLONES void write_plan(const double* kmat, const double* u, const double* v, T* p,
+                               int64_t n, int64_t pad) {
+  for (int64_t i = 0; i < n; ++i)
     for_chunks<double>(n, [&](int64_t j, auto c) DA_LAMBDA_INLINE {
-      VD e = load(b + j) * a[i];
-      if (gp) e *= load_f64(gp + i * n + j, c);
-      if (w) e -= load(w + i * pad + j);
-      store_f64(out + i * n + j, load(krow + j) * e * k, c);
+      store_f64(p + i * n + j, load(kmat + i * pad + j) * load(v + j) * u[i], c);
     });
-  }
 }
 
 // Sizes the scratch for an n x n problem; returns the padded row length.
@@ -235,8 +248,7 @@ int64_t prepare(ScalingScratch& sc, int64_t n, int64_t steps) {
   sc.kmat.resize(n * pad);
   sc.xs.resize(n * steps);
   sc.ys.resize(steps * pad);
-  sc.w.resize(2 * pad);
-  for (auto* vec : {&sc.u, &sc.v, &sc.x, &sc.acc}) vec->assign(pad, 0.0);
+  for (auto* vec : {&sc.u, &sc.v, &sc.x, &sc.acc, &sc.dg}) vec->assign(pad, 0.0);
   return pad;
 }
 
@@ -258,7 +270,7 @@ bool scaling_forward(const T* s, T* p, T* row_pot, T* col_pot, int64_t n, int64_
     if (!log_potential(v, -hi, col_pot + t * n, n) || !log_potential(u, 0.0, row_pot + t * n, n))
       return false;
   }
-  scaled_kernel<T>(kmat, u, v, nullptr, nullptr, p, n, n, pad, 1.0);
+  write_plan(kmat, u, v, p, n, pad);
   return true;
 }
 
@@ -273,7 +285,7 @@ bool scaling_backward(const T* s, const T* gp, const T* row_pot, const T* col_po
   const int64_t steps = 2 * n_iters, pad = prepare(sc, n, steps);
   double *kmat = sc.kmat.data(), *u = sc.u.data(), *v = sc.v.data(), *x = sc.x.data(),
          *acc = sc.acc.data();
-  std::vector<double>& dg = sc.w;  // free until the final combination
+  double* dg = sc.dg.data();
   kernel_matrix(s, kmat, n, pad, k, hi);
   // Rank-one term m: column m of X (stored row-major as xs[i, m]) and row m of Y.
   auto record = [&](int64_t m, const double* xm, const double* ym) {
@@ -283,7 +295,7 @@ bool scaling_backward(const T* s, const T* gp, const T* row_pot, const T* col_po
   const int64_t last = n_iters - 1;
   exp_potential(row_pot + last * n, 0.0, u, n, pad);
   exp_potential(col_pot + last * n, hi, v, n, pad);
-  start(gp, kmat, u, v, acc, dg.data(), n, pad);  // acc holds df here
+  start(gp, kmat, u, v, acc, dg, n, pad);  // acc holds df here
   for (int64_t i = 0; i < n; ++i) x[i] = acc[i] * u[i];  // row step `last`: x = df * U
   transposed_product(kmat, x, acc, n, pad);
   record(2 * last + 1, x, v);
@@ -305,13 +317,7 @@ bool scaling_backward(const T* s, const T* gp, const T* row_pot, const T* col_po
   }
   exp_potential(row_pot + last * n, 0.0, u, n, pad);
   exp_potential(col_pot + last * n, hi, v, n, pad);
-  double *w = sc.w.data(), *xs = sc.xs.data();
-  for (int64_t i = 0; i < n; i += 2) {  // two rows of X Y^T at a time, then their d scores
-    const int64_t rows = std::min<int64_t>(2, n - i);
-    combine_rows(xs + i * steps, xs + (i + rows - 1) * steps, sc.ys.data(), w, w + pad, steps,
-                 pad);
-    scaled_kernel<T>(kmat + i * pad, u + i, v, gp + i * n, w, ds + i * n, rows, n, pad, k);
-  }
+  finish(kmat, u, v, gp, sc.xs.data(), sc.ys.data(), ds, n, pad, steps, k);
   return true;
 }
 

@@ -15,7 +15,7 @@ constexpr int64_t kScalingMaxN = 256;
 
 // Per-thread scratch, reused across the matrices a thread handles.
 struct ScalingScratch {
-  std::vector<double> kmat, xs, ys, u, v, x, acc, w;
+  std::vector<double> kmat, xs, ys, u, v, x, acc, dg;
 };
 
 // P and the potentials (cpu/sinkhorn_cpu.h) of matrix s (n x n, row-major), k = 1 / tau.
