@@ -13,9 +13,15 @@ namespace deepalign::cpu {
 // which reads the scores in the working precision, is faster.
 constexpr int64_t kScalingMaxN = 256;
 
-// Per-thread scratch, reused across the matrices a thread handles.
+// Per-thread scratch, reused across the matrices a thread handles: one set of buffers per
+// compute type (sinkhorn_scaling.cpp picks float32 or float64 per matrix).
+template <typename C>
+struct ScalingBuffers {
+  std::vector<C> kmat, xs, ys, u, v, x, acc, dg;
+};
 struct ScalingScratch {
-  std::vector<double> kmat, xs, ys, u, v, x, acc, dg;
+  ScalingBuffers<float> f32;
+  ScalingBuffers<double> f64;
 };
 
 // P and the potentials (cpu/sinkhorn_cpu.h) of matrix s (n x n, row-major), k = 1 / tau.
