@@ -7,16 +7,16 @@
 //   row step t:     U^t = 1 / (K V^t),         f^t = log U^t
 //   A^t = diag(U^t) K diag(V^t) after row step t, C^t = diag(U^{t-1}) K diag(V^t) after column
 //   step t, and P = A^{last}.
-// So a half-step is one matrix-vector product instead of one exp per element. Row step t and
-// column step t+1 share one pass over K: row i's dot product gives U_i, which is at once added,
-// times row i, into the next column sums.
+// So a half-step is one matrix-vector product instead of one exp per element. K and K^T are both
+// kept, so that every product is a sum of scaled rows: a stream of vector FMAs into
+// accumulators held in registers, with no horizontal sums.
 //
 // The backward (the log-domain sweep of sinkhorn_project_backward_cpu.cpp) subtracts
 // diag(x) K diag(y) from dL at each adjoint step and needs one reduction there:
 //   row step t:     x = df * U^t,   y = V^t,        dg = -(y * (K^T x))   (dg was 0)
 //   column step t:  x = U^{t-1},    y = V^t * dg,   df = -(x * (K y))
-// Column step t and row step t-1 share one pass the same way. The 2 n_iters rank-one terms are
-// summed at the end as one product:  d scores = (G * P - K * (X Y^T)) / tau.
+// The 2 n_iters rank-one terms are summed at the end as one product:
+//   d scores = (G * P - K * (X Y^T)) / tau.
 //
 // Every half-step matrix has entries <= 1, so U_i V_j <= 1 / K_ij: bounding the spread of L and
 // the potentials (Range) keeps every factor and product far inside the range of the compute
@@ -117,17 +117,19 @@ DA_SIMD_CLONES bool scores_extremes(const T* s, int64_t n, double k, double* hi,
   return *hi <= limit && *lo >= -limit;
 }
 
-// K_ij = exp(k s_ij - hi), rows padded with zeros to `pad`.
+// K_ij = exp(k s_ij - hi) and its transpose kt, rows of both padded with zeros to `pad`.
 template <typename C, typename T>
-DA_SIMD_CLONES void kernel_matrix(const T* s, C* kmat, int64_t n, int64_t pad, double k,
+DA_SIMD_CLONES void kernel_matrix(const T* s, C* kmat, C* kt, int64_t n, int64_t pad, double k,
                                   double hi) {
   for (int64_t i = 0; i < n; ++i) {
     C* row = kmat + i * pad;
     std::fill(row + n, row + pad, C(0));
+    std::fill(kt + i * pad + n, kt + i * pad + pad, C(0));
     for_chunks<C>(n, [&](int64_t j, auto c) DA_LAMBDA_INLINE {
       // The argument in T's precision (exact for double; float keeps the log domain's rounding).
       store_partial(row + j, vexp_bounded<C>(load_as<C>(s + i * n + j, c) * C(k) - C(hi)), c);
     });
+    for (int64_t j = 0; j < n; ++j) kt[j * pad + i] = row[j];
   }
 }
 
@@ -154,59 +156,25 @@ DA_SIMD_CLONES bool log_potential(const C* x, double shift, T* pot, int64_t n) {
   return true;
 }
 
-// One pass over K: d_i = K_i . y, x_i = coef(i, d_i) and acc = K^T x (padded). kGroup rows at a
-// time: independent dot products (whose lane sums and coefficients overlap), then one update of
-// acc for the group, with the rows still in L1.
-constexpr int64_t kGroup = 4;
-
-template <typename C, typename Coef>
-DA_INLINE void dot_then_axpy(const C* kmat, const C* y, C* x, C* acc, int64_t n, int64_t pad,
-                             const Coef& coef) {
+// out = sum_j y_j rows_j over the n padded rows of `rows`: with rows = K^T this is K y, with
+// rows = K it is K^T y. Blocks of R vectors of out stay in registers while the rows stream by.
+template <int64_t R, typename C>
+DA_INLINE void sum_of_rows_block(const C* rows, const C* y, C* out, int64_t n, int64_t pad) {
   constexpr int64_t W = kLanes<C>;
-  std::fill(acc, acc + pad, C(0));
-  for (int64_t i0 = 0; i0 < n; i0 += kGroup) {
-    const int64_t rows = std::min<int64_t>(kGroup, n - i0);
-    const C* r[kGroup];
-    for (int64_t q = 0; q < kGroup; ++q) r[q] = kmat + (i0 + std::min(q, rows - 1)) * pad;
-    Vec<C> d[kGroup]{};
-    for (int64_t j = 0; j < pad; j += W) {
-      const Vec<C> yj = load(y + j);
-      for (int64_t q = 0; q < kGroup; ++q) d[q] += load(r[q] + j) * yj;
-    }
-    Vec<C> xv[kGroup];
-    for (int64_t q = 0; q < kGroup; ++q) {  // rows past n repeat the last one with weight 0
-      const C xq = q < rows ? coef(i0 + q, hsum<C>(d[q])) : C(0);
-      if (q < rows) x[i0 + q] = xq;
-      xv[q] = splat(xq);
-    }
-    for (int64_t j = 0; j < pad; j += W) {
-      Vec<C> a = load(acc + j);
-      for (int64_t q = 0; q < kGroup; ++q) a += xv[q] * load(r[q] + j);
-      store(acc + j, a);
-    }
+  Vec<C> a[R]{};
+  for (int64_t j = 0; j < n; ++j) {
+    const Vec<C> yj = splat(y[j]);
+    for (int64_t q = 0; q < R; ++q) a[q] += yj * load(rows + j * pad + q * W);
   }
+  for (int64_t q = 0; q < R; ++q) store(out + q * W, a[q]);
 }
 
-// The one pass of each iteration (see the header comment), as a function of its own so that it
-// is compiled for each instruction set.
 template <typename C>
-DA_SIMD_CLONES void forward_pass(const C* kmat, const C* v, C* u, C* colsum, int64_t n,
-                                 int64_t pad) {
-  dot_then_axpy(kmat, v, u, colsum, n, pad, [](int64_t, C d) { return C(1) / d; });
-}
-
-// x_i = -w_i d_i with d = K y; acc = K^T x. With w = U^{t-1} squared, y = V^t * dg: x is the row
-// step t-1 coefficient df * U^{t-1}, where df = -U^{t-1} * (K y) is column step t's.
-template <typename C>
-DA_SIMD_CLONES void backward_pass(const C* kmat, const C* y, const C* w, C* x, C* acc, int64_t n,
-                                  int64_t pad) {
-  dot_then_axpy(kmat, y, x, acc, n, pad, [&](int64_t i, C d) { return -w[i] * d; });
-}
-
-// acc = K^T x for a given, padded x (the pass's dot products go unused: once per matrix).
-template <typename C>
-DA_SIMD_CLONES void transposed_product(const C* kmat, C* x, C* acc, int64_t n, int64_t pad) {
-  dot_then_axpy(kmat, x, x, acc, n, pad, [&](int64_t i, C) { return x[i]; });
+DA_SIMD_CLONES void sum_of_rows(const C* rows, const C* y, C* out, int64_t n, int64_t pad) {
+  constexpr int64_t W = kLanes<C>;
+  int64_t i = 0;  // pad is a multiple of 4 W
+  for (; i + 8 * W <= pad; i += 8 * W) sum_of_rows_block<8>(rows + i, y, out + i, n, pad);
+  if (i < pad) sum_of_rows_block<4>(rows + i, y, out + i, n, pad);
 }
 
 // dx = G * P on every row (P = diag(u) K diag(v)): df = row sums, dg = column sums. Returns
@@ -281,6 +249,7 @@ template <typename C>
 int64_t prepare(ScalingBuffers<C>& sc, int64_t n, int64_t steps) {
   const int64_t pad = (n + kBlock<C> - 1) / kBlock<C> * kBlock<C>;
   sc.kmat.resize(n * pad);
+  sc.kt.resize(n * pad);
   sc.xs.resize(n * steps);
   sc.ys.resize(steps * pad);
   for (auto* vec : {&sc.u, &sc.v, &sc.x, &sc.acc, &sc.dg}) vec->assign(pad, C(0));
@@ -300,13 +269,15 @@ bool forward_in(const T* s, T* p, T* row_pot, T* col_pot, int64_t n, int64_t n_i
                 double hi, ScalingScratch& scratch) {
   ScalingBuffers<C>& sc = buffers<C>(scratch);
   const int64_t pad = prepare(sc, n, 0);
-  C *kmat = sc.kmat.data(), *u = sc.u.data(), *v = sc.v.data(), *colsum = sc.acc.data();
-  kernel_matrix(s, kmat, n, pad, k, hi);
+  C *kmat = sc.kmat.data(), *kt = sc.kt.data(), *u = sc.u.data(), *v = sc.v.data(),
+    *sums = sc.acc.data();
+  kernel_matrix(s, kmat, kt, n, pad, k, hi);
   std::fill(u, u + n, C(1));
-  transposed_product(kmat, u, colsum, n, pad);
   for (int64_t t = 0; t < n_iters; ++t) {
-    for (int64_t j = 0; j < n; ++j) v[j] = C(1) / colsum[j];
-    forward_pass(kmat, v, u, colsum, n, pad);
+    sum_of_rows(kmat, u, sums, n, pad);  // K^T U
+    for (int64_t j = 0; j < n; ++j) v[j] = C(1) / sums[j];
+    sum_of_rows(kt, v, sums, n, pad);  // K V
+    for (int64_t i = 0; i < n; ++i) u[i] = C(1) / sums[i];
     if (!log_potential(v, -hi, col_pot + t * n, n) || !log_potential(u, 0.0, row_pot + t * n, n))
       return false;
   }
@@ -323,9 +294,9 @@ bool backward_in(const T* s, const T* gp, const T* row_pot, const T* col_pot, T*
       return false;
   ScalingBuffers<C>& sc = buffers<C>(scratch);
   const int64_t steps = 2 * n_iters, pad = prepare(sc, n, steps);
-  C *kmat = sc.kmat.data(), *u = sc.u.data(), *v = sc.v.data(), *x = sc.x.data(),
-    *acc = sc.acc.data(), *dg = sc.dg.data();
-  kernel_matrix(s, kmat, n, pad, k, hi);
+  C *kmat = sc.kmat.data(), *kt = sc.kt.data(), *u = sc.u.data(), *v = sc.v.data(),
+    *x = sc.x.data(), *acc = sc.acc.data(), *dg = sc.dg.data();
+  kernel_matrix(s, kmat, kt, n, pad, k, hi);
   // Rank-one term m: column m of X (stored row-major as xs[i, m]) and row m of Y.
   auto record = [&](int64_t m, const C* xm, const C* ym) {
     for (int64_t i = 0; i < n; ++i) sc.xs[i * steps + m] = xm[i];
@@ -338,7 +309,7 @@ bool backward_in(const T* s, const T* gp, const T* row_pot, const T* col_pot, T*
   if constexpr (std::is_same_v<C, float>)
     if (!(big <= Range<C>::kMaxGrad)) return false;
   for (int64_t i = 0; i < n; ++i) x[i] = acc[i] * u[i];  // row step `last`: x = df * U
-  transposed_product(kmat, x, acc, n, pad);
+  sum_of_rows(kmat, x, acc, n, pad);                      // K^T x
   record(2 * last + 1, x, v);
   for (int64_t j = 0; j < n; ++j) dg[j] -= v[j] * acc[j];
   for (int64_t t = last; t >= 0; --t) {
@@ -350,8 +321,10 @@ bool backward_in(const T* s, const T* gp, const T* row_pot, const T* col_pot, T*
     for (int64_t j = 0; j < n; ++j) v[j] *= dg[j];
     record(2 * t, u, v);
     if (t == 0) break;  // df of the first column step is not needed
-    for (int64_t i = 0; i < n; ++i) u[i] *= u[i];
-    backward_pass(kmat, v, u, x, acc, n, pad);
+    // df = -U^{t-1} * (K y), and row step t-1's x = df * U^{t-1}.
+    sum_of_rows(kt, v, acc, n, pad);
+    for (int64_t i = 0; i < n; ++i) x[i] = -u[i] * u[i] * acc[i];
+    sum_of_rows(kmat, x, acc, n, pad);  // K^T x
     exp_potential(col_pot + (t - 1) * n, hi, v, n, pad);  // row step t-1: y = V^{t-1}
     record(2 * t - 1, x, v);
     for (int64_t j = 0; j < n; ++j) dg[j] = -v[j] * acc[j];

@@ -17,7 +17,7 @@ constexpr int64_t kScalingMaxN = 256;
 // compute type (sinkhorn_scaling.cpp picks float32 or float64 per matrix).
 template <typename C>
 struct ScalingBuffers {
-  std::vector<C> kmat, xs, ys, u, v, x, acc, dg;
+  std::vector<C> kmat, kt, xs, ys, u, v, x, acc, dg;
 };
 struct ScalingScratch {
   ScalingBuffers<float> f32;
