@@ -37,9 +37,9 @@ namespace deepalign::cpu {
 namespace {
 
 // The bounds of the header comment for compute type C: the spread of L and |potential|. float64:
-// e^300, far from its e^709 even for products of two factors. float32 (e^88): spread <= 30 and
-// potentials <= 40 keep U_i V_j <= e^30 and U, V <= e^40, with room for the gradients of the
-// backward (which also bounds |G|: kMaxGrad).
+// e^300, far from its e^709 even for products of two factors. float32 (e^88): spread <= 60 and
+// potentials <= 40 keep U_i V_j <= e^60 and U, V <= e^40; with |G| <= kMaxGrad (so |df|, |dg|
+// <= n 1e6 < e^19) every product of the backward stays below e^80.
 template <typename C>
 struct Range;
 template <>
@@ -48,7 +48,7 @@ struct Range<double> {
 };
 template <>
 struct Range<float> {
-  static constexpr double kSpread = 30, kPotential = 40, kMaxGrad = 1e12;
+  static constexpr double kSpread = 60, kPotential = 40, kMaxGrad = 1e6;
 };
 
 template <typename C>
