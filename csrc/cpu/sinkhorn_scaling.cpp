@@ -13,7 +13,7 @@
 //
 // The backward (the log-domain sweep of sinkhorn_project_backward_cpu.cpp) subtracts
 // diag(x) K diag(y) from dL at each adjoint step and needs one reduction there:
-//   row step t:     x = df * U^t,   y = V^t,        dg = -(y * (K^T x))   (dg was 0)
+//   row step t:     x = df * U^t,   y = V^t,        dg -= y * (K^T x)
 //   column step t:  x = U^{t-1},    y = V^t * dg,   df = -(x * (K y))
 // The 2 n_iters rank-one terms are summed at the end as one product:
 //   d scores = (G * P - K * (X Y^T)) / tau.
