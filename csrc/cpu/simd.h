@@ -178,19 +178,28 @@ DA_INLINE Vec<T> vexp(Vec<T> x) {
   return vexp2<T>(x * T(1.4426950408889634));
 }
 
-// log2(x) for positive normal float x (Cephes' logf polynomial, ~2 ulp): x = 2^e m with
-// m in [sqrt(1/2), sqrt(2)), log2 x = e + log(m) log2(e).
-DA_INLINE Vec<float> vlog2(Vec<float> x) {
-  using I = Simd<float>::I;
+// x = 2^e m with m in [sqrt(1/2), sqrt(2)), for positive normal x: the reduction of the logs.
+template <typename T>
+DA_INLINE void split_exponent(Vec<T> x, Vec<T>& e, Vec<T>& m) {
+  using I = typename Simd<T>::I;
+  using S = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  constexpr int kMantissa = std::numeric_limits<T>::digits - 1;
+  constexpr S kBias = std::numeric_limits<T>::max_exponent - 1;
   I bits;
   std::memcpy(&bits, &x, sizeof(bits));
-  Vec<float> e = __builtin_convertvector((bits >> 23) - 127, Vec<float>);
-  bits = (bits & 0x7fffff) | 0x3f800000;  // m in [1, 2)
-  Vec<float> m;
+  e = __builtin_convertvector((bits >> kMantissa) - kBias, Vec<T>);
+  bits = (bits & ((S(1) << kMantissa) - 1)) | (kBias << kMantissa);  // m in [1, 2)
   std::memcpy(&m, &bits, sizeof(m));
-  const I big = m > 1.41421356f;
-  m = big ? m * 0.5f : m;
-  e = big ? e + 1.0f : e;
+  const I big = m > T(1.4142135623730951);
+  m = big ? m * T(0.5) : m;
+  e = big ? e + T(1) : e;
+}
+
+// log2(x) for positive normal float x (Cephes' logf polynomial, ~2 ulp): log2 x = e + log(m)
+// log2(e).
+DA_INLINE Vec<float> vlog2(Vec<float> x) {
+  Vec<float> e, m;
+  split_exponent<float>(x, e, m);
   const Vec<float> t = m - 1.0f, z = t * t;
   Vec<float> y = splat(7.0376836292e-2f);
   for (float c : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f,
@@ -200,19 +209,11 @@ DA_INLINE Vec<float> vlog2(Vec<float> x) {
   return e + log_m * 1.4426950408889634f;
 }
 
-// Natural log of positive normal doubles: x = 2^e m with m in [sqrt(1/2), sqrt(2)), and
-// log m = 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.172, summed to s^21 (error < 1e-18).
+// Natural log of positive normal doubles: log x = e log 2 + log m, with log m = 2 atanh(s),
+// s = (m - 1) / (m + 1), |s| < 0.172, summed to s^21 (error < 1e-18).
 DA_INLINE Vec<double> vlog(Vec<double> x) {
-  using I = Simd<double>::I;
-  I bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  Vec<double> e = __builtin_convertvector((bits >> 52) - 1023, Vec<double>);
-  bits = (bits & 0xfffffffffffff) | 0x3ff0000000000000;  // m in [1, 2)
-  Vec<double> m;
-  std::memcpy(&m, &bits, sizeof(m));
-  const I big = m > 1.4142135623730951;
-  m = big ? m * 0.5 : m;
-  e = big ? e + 1.0 : e;
+  Vec<double> e, m;
+  split_exponent<double>(x, e, m);
   const Vec<double> s = (m - 1.0) / (m + 1.0), z = s * s;
   Vec<double> p = splat(1.0 / 21);
   for (int k = 19; k >= 1; k -= 2) p = p * z + 1.0 / k;
