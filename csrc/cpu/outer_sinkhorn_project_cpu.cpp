@@ -29,12 +29,13 @@ void check_outer_features(const at::Tensor& f0, const at::Tensor& f1) {
 
 namespace {
 
-// out = a b^T for one matrix, a and b (n, d): bt = b^T first, so that a block of a row of out
-// is d vectorised updates of four accumulators, with bt's rows read from L1.
+// out = a b^T for one matrix, a and b (n, d): bt = b^T (rows zero-padded to `pad`, a multiple
+// of 4 vectors) first, so that a block of a row of out is d vectorised updates of four
+// accumulators, with bt's rows read from L1.
 template <typename T>
-DA_SIMD_CLONES void outer_scores(const T* a, const T* b, T* bt, T* out, int64_t n, int64_t d) {
+DA_SIMD_CLONES void outer_scores(const T* a, const T* b, T* bt, T* out, int64_t n, int64_t d,
+                                 int64_t pad) {
   constexpr int64_t W = Simd<T>::kLanes;
-  const int64_t pad = (n + 4 * W - 1) / (4 * W) * (4 * W);  // bt's rows, zero-padded
   std::fill(bt, bt + d * pad, T(0));
   for (int64_t j = 0; j < n; ++j)
     for (int64_t c = 0; c < d; ++c) bt[c * pad + j] = b[j * d + c];
@@ -58,6 +59,8 @@ bool project_in_scaling_domain(const at::Tensor& f0, const at::Tensor& f1, at::T
                                at::Tensor& row_pot, at::Tensor& col_pot, int64_t n_iters,
                                double tau) {
   const int64_t batch = f0.size(0), n = f0.size(1), d = f0.size(2);
+  constexpr int64_t kBlock = 4 * Simd<T>::kLanes;
+  const int64_t pad = (n + kBlock - 1) / kBlock * kBlock;
   const T *a = f0.const_data_ptr<T>(), *b = f1.const_data_ptr<T>();
   T *pp = p.data_ptr<T>(), *rp = row_pot.data_ptr<T>(), *cp = col_pot.data_ptr<T>();
   struct Scratch {
@@ -70,8 +73,8 @@ bool project_in_scaling_domain(const at::Tensor& f0, const at::Tensor& f1, at::T
       [&](Scratch& sc, int64_t m) {
         if (!all.load(std::memory_order_relaxed)) return;
         sc.scores.resize(n * n);
-        sc.bt.resize(d * (n + 64));  // outer_scores pads rows to a multiple of 4 vectors
-        outer_scores(a + m * n * d, b + m * n * d, sc.bt.data(), sc.scores.data(), n, d);
+        sc.bt.resize(d * pad);
+        outer_scores(a + m * n * d, b + m * n * d, sc.bt.data(), sc.scores.data(), n, d, pad);
         if (!scaling_forward(sc.scores.data(), pp + m * n * n, rp + m * n_iters * n,
                              cp + m * n_iters * n, n, n_iters, 1.0 / tau, sc.scaling))
           all = false;

@@ -204,7 +204,10 @@ void forward(const Problem<T>& pr, int64_t batch) {
       batch, [] { return ScalingScratch{}; },
       [&](ScalingScratch& scratch, int64_t b) {
         done[b] = pr.run_scaled(b, scratch);
-        if (!done[b] && pr.blocks == 1) pr.run_matrix(b), done[b] = 1;
+        if (!done[b] && pr.blocks == 1) {
+          pr.run_matrix(b);
+          done[b] = 1;
+        }
       });
   if (std::all_of(done.begin(), done.end(), [](char d) { return d; })) return;
   // A small batch outside the scaling range: every half-step is split by rows over the threads.
