@@ -47,12 +47,9 @@ DA_INLINE Lanes iota() {
 
 // Columns [j, j + count) of a cost row as float64 costs to minimise (sign * x); lanes past the
 // row end are +inf.
-template <typename T, typename Count>
-DA_INLINE Vec<double> load_costs(const T* row, int64_t j, Count count, double sign) {
-  typedef T Chunk __attribute__((vector_size(kLanes * sizeof(T))));
-  Chunk x = Chunk{} + T(sign * kInf);
-  std::memcpy(&x, row + j, sizeof(T) * count);
-  return __builtin_convertvector(x, Vec<double>) * sign;
+template <typename T>
+DA_INLINE Vec<double> load_costs(const T* row, int64_t j, int64_t count, double sign) {
+  return load_convert<double>(row + j, count, T(sign * kInf)) * sign;
 }
 
 // The least (value, column) of a few candidates, lowest column on ties; (+inf, -1) if none.

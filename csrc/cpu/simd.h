@@ -72,6 +72,23 @@ DA_INLINE Vec<T> load_partial(const T* p, int64_t count, T fill) {
   return v;
 }
 
+// p[0, count) as a vector of W (T is W, or narrower and widened, e.g. float to double), `fill`
+// in the lanes past count.
+template <typename W, typename T>
+DA_INLINE Vec<W> load_convert(const T* p, int64_t count, T fill) {
+  if constexpr (std::is_same_v<T, W>) {
+    return load_partial(p, count, fill);
+  } else {
+    typedef T Narrow __attribute__((vector_size(sizeof(T) * Simd<W>::kLanes)));
+    Narrow v = Narrow{} + fill;
+    if (count == Simd<W>::kLanes)  // a fixed-size copy is one vector load, a variable one a call
+      std::memcpy(&v, p, sizeof(v));
+    else
+      std::memcpy(&v, p, sizeof(T) * count);
+    return __builtin_convertvector(v, Vec<W>);
+  }
+}
+
 template <typename T>
 DA_INLINE void store(T* p, Vec<T> v) {
   std::memcpy(p, &v, sizeof(v));

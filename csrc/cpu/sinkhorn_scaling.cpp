@@ -57,22 +57,6 @@ constexpr int64_t kLanes = Simd<C>::kLanes;
 template <typename C>
 constexpr int64_t kBlock = 4 * kLanes<C>;
 
-// p[0, count) as C (zeros beyond): T is C, or float widened to double.
-template <typename C, typename T>
-DA_INLINE Vec<C> load_as(const T* p, int64_t count) {
-  if constexpr (std::is_same_v<T, C>) {
-    return load_partial(p, count, C(0));
-  } else {
-    typedef T Narrow __attribute__((vector_size(sizeof(T) * kLanes<C>)));
-    Narrow v{};
-    if (count == kLanes<C>)  // a fixed-size copy is one vector load, a variable one a call
-      std::memcpy(&v, p, sizeof(v));
-    else
-      std::memcpy(&v, p, sizeof(T) * count);
-    return __builtin_convertvector(v, Vec<C>);
-  }
-}
-
 template <typename C, typename T>
 DA_INLINE void store_as(T* p, Vec<C> v, int64_t count) {
   if constexpr (std::is_same_v<T, C>) {
@@ -102,7 +86,7 @@ DA_SIMD_CLONES bool scores_extremes(const T* s, int64_t n, double k, double* hi,
   typename Simd<double>::I nan{};
   for (int64_t i = 0; i < n; ++i)
     for_chunks<double>(n, [&](int64_t j, auto c) DA_LAMBDA_INLINE {
-      const VD x = load_as<double>(s + i * n + j, c) * k;
+      const VD x = load_convert<double>(s + i * n + j, c, T(0)) * k;
       const auto valid = lane < double(c);  // a tail's padding lanes must not count
       nan |= x != x;
       top = valid && x > top ? x : top;
@@ -127,7 +111,8 @@ DA_SIMD_CLONES void kernel_matrix(const T* s, C* kmat, C* kt, int64_t n, int64_t
     std::fill(kt + i * pad + n, kt + i * pad + pad, C(0));
     for_chunks<C>(n, [&](int64_t j, auto c) DA_LAMBDA_INLINE {
       // The argument in T's precision (exact for double; float keeps the log domain's rounding).
-      store_partial(row + j, vexp_bounded<C>(load_as<C>(s + i * n + j, c) * C(k) - C(hi)), c);
+      const Vec<C> x = load_convert<C>(s + i * n + j, c, T(0)) * C(k) - C(hi);
+      store_partial(row + j, vexp_bounded<C>(x), c);
     });
     for (int64_t j = 0; j < n; ++j) kt[j * pad + i] = row[j];
   }
@@ -137,7 +122,7 @@ DA_SIMD_CLONES void kernel_matrix(const T* s, C* kmat, C* kt, int64_t n, int64_t
 template <typename C, typename T>
 DA_SIMD_CLONES void exp_potential(const T* pot, double shift, C* out, int64_t n, int64_t pad) {
   for_chunks<C>(n, [&](int64_t i, auto c) DA_LAMBDA_INLINE {
-    store_partial(out + i, vexp_bounded<C>(load_as<C>(pot + i, c) + C(shift)), c);
+    store_partial(out + i, vexp_bounded<C>(load_convert<C>(pot + i, c, T(0)) + C(shift)), c);
   });
   std::fill(out + n, out + pad, C(0));
 }
@@ -187,7 +172,7 @@ DA_SIMD_CLONES C start(const T* gp, const C* kmat, const C* u, const C* v, C* df
   for (int64_t i = 0; i < n; ++i) {
     Vec<C> rs{};
     for_chunks<C>(n, [&](int64_t j, auto c) DA_LAMBDA_INLINE {
-      const Vec<C> g = load_as<C>(gp + i * n + j, c);
+      const Vec<C> g = load_convert<C>(gp + i * n + j, c, T(0));
       const Vec<C> mag = g < 0 ? -g : g;
       big = mag > big ? mag : big;
       const Vec<C> dx = g * u[i] * load(kmat + i * pad + j) * load(v + j);
@@ -226,7 +211,8 @@ DA_SIMD_CLONES void finish(const C* kmat, const C* u, const C* v, const T* gp, c
         for (int64_t c = 0; c < 4 && j + c * W < n; ++c) {
           const int64_t col = j + c * W, o = (i + r) * n + col;
           const int64_t count = std::min<int64_t>(W, n - col);
-          const Vec<C> e = load(v + col) * u[i + r] * load_as<C>(gp + o, count) - acc[r][c];
+          const Vec<C> g = load_convert<C>(gp + o, count, T(0));
+          const Vec<C> e = load(v + col) * u[i + r] * g - acc[r][c];
           store_as<C>(ds + o, load(kmat + (i + r) * pad + col) * e * C(k), count);
         }
     }

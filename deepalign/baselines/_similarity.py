@@ -188,8 +188,7 @@ class SimilarityMatrices:
                                  stable=True)[:, :k]
             for q, term in self.dependents[name]:
                 ready = self.ready[q][idx[group]]  # the others are computed when first asked
-                sub = group[ready] if not bool(ready.all()) else group
-                part = rows[ready] if sub is not group else rows
+                sub, part = group[ready], rows[ready]
                 if len(sub) == 0:
                     continue
                 change = term.change(idx[sub], part, old[sub].gather(1, part),

@@ -31,9 +31,9 @@ linear_assignment.__doc__ = LINEAR_ASSIGNMENT_DOC.rstrip() + r"""
 
     On CUDA, shortest augmenting paths after a row-reduction warm start run one thread block per
     problem, with the Dijkstra scans over the columns parallel across the block; CUDA tensors
-    in, CUDA tensors out. Hungarian-rounding
-    fallback: a problem too wide for one block's shared memory (m above about 9000 columns) is
-    solved by the CPU kernel instead, with one device-to-host copy of the whole batch.
+    in, CUDA tensors out. Hungarian-rounding fallback: a problem too wide for one block's shared
+    memory (m above about 9000 columns) is solved by the CPU kernel instead, with one
+    device-to-host copy of the whole batch.
 """
 
 
