@@ -1,5 +1,6 @@
 """Kernel benchmark: deepalign's fused ops against the pure-PyTorch reference, torch.compile of
-it, and a loop over scipy's linear_sum_assignment, on the same inputs in one run.
+it, a loop over scipy's linear_sum_assignment and autograd through amax / max(dim), on the same
+inputs in one run.
 
 Correctness is asserted first for every case; then each method is timed (median of
 interleaved repetitions, so a co-tenant load spike hits all sides alike). Prints a table of
@@ -182,6 +183,34 @@ def bench_assignment(device, timer, reps, quick, report):
                        t["scipy"], 5 if n <= 128 else 2)
 
 
+def bench_pooling(device, timer, reps, quick, report):
+    """The encoder's row/column max-pool, forward + backward, against autograd through the two
+    ways PyTorch offers: ``amax`` (fast forward, mask-building backward) and ``max(dim)`` (the
+    reference: indices, slow forward on a middle axis)."""
+    if device.type != "cpu":  # other devices run the reference itself
+        return
+    shape = (96, 32, 32, 64) if not quick else (8, 16, 16, 32)  # the paper config's hidden weights
+    for dtype in (torch.float32, torch.bfloat16):
+        gen = torch.Generator().manual_seed(0)
+        w = torch.randn(shape, generator=gen).to(dtype)
+        g_rows = torch.randn(shape[0], shape[1], shape[3], generator=gen).to(dtype)
+        g_cols = torch.randn(shape[0], shape[2], shape[3], generator=gen).to(dtype)
+
+        def fwd_bwd(fn):
+            x = w.detach().requires_grad_()
+            rows, cols = fn(x)
+            torch.autograd.backward([rows, cols], [g_rows, g_cols])
+            return x.grad
+
+        assert torch.equal(fwd_bwd(ops.row_col_max), fwd_bwd(reference.row_col_max)), "pooling"
+        t = time_methods({"ours": lambda: fwd_bwd(ops.row_col_max),
+                          "amax": lambda: fwd_bwd(lambda x: (x.amax(2), x.amax(1))),
+                          "max": lambda: fwd_bwd(reference.row_col_max)}, timer, reps)
+        case = f"row_col_max fwd+bwd {tuple(shape)} {str(dtype)[6:]}"
+        report.add(case, t["ours"], "autograd amax pair", t["amax"], None)
+        report.add(case, t["ours"], "autograd max(dim) ref", t["max"], None)
+
+
 _MEMORY_PROBE = r"""
 import sys, torch
 from deepalign import ops
@@ -253,13 +282,14 @@ def main(argv=None):
         sys.exit("--device cuda needs a GPU and a build of deepalign with CUDA kernels")
     reps = args.reps or (3 if args.quick else 9)
     timer, report = Timer(device), Report()
-    stages = [bench_sinkhorn, bench_backward, bench_outer, bench_assignment]
+    stages = [bench_sinkhorn, bench_backward, bench_outer, bench_assignment, bench_pooling]
     memory = None
     for stage in stages:
         print(f"... {stage.__name__[6:]}", file=sys.stderr, flush=True)
         out = stage(device, timer, reps, args.quick, report)
         memory = out or memory
-    print(f"\ndeepalign kernel benchmark, {args.device}, float32, {torch.get_num_threads()} "
+    print(f"\ndeepalign kernel benchmark, {args.device}, float32 unless named, "
+          f"{torch.get_num_threads()} "
           f"threads, {reps} reps (median ms), load average {os.getloadavg()[0]:.1f}"
           + (", freed memory kept" if args.keep_freed_memory else ""))
     print(report.table())

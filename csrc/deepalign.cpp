@@ -21,6 +21,11 @@ TORCH_LIBRARY(deepalign, m) {
   m.def("linear_assignment(Tensor cost, bool maximize) -> Tensor");
   // One-hot (B, n, n) permutation maximising <scores, P>.
   m.def("hard_permutation(Tensor scores) -> Tensor");
+  // Max of w (B, n, m, c) over each row and over each column: rows (B, n, c), cols (B, m, c)
+  // and their int64 indices (first index on ties). The backward scatters into a zero (B, n, m, c).
+  m.def("row_col_max(Tensor w) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("_row_col_max_backward(Tensor grad_rows, Tensor grad_cols, Tensor row_idx, "
+        "Tensor col_idx) -> Tensor");
 }
 
 // `import deepalign._C` loads this shared library, which runs the registrations above.

@@ -37,3 +37,14 @@ def check_sinkhorn_args(n_iters, tau, grad_mode) -> None:
 def as_batch(x: torch.Tensor) -> torch.Tensor:
     """View a single matrix as a batch of one; a batch is returned unchanged."""
     return x.unsqueeze(0) if x.dim() == 2 else x
+
+
+def needs_autograd(*inputs) -> bool:
+    """Whether a call must pass through the ops' autograd layer.
+
+    That layer is Python and runs on every call, gradient or not, costing more host time than
+    a small kernel (benchmarks/RESULTS.md); calls no gradient can flow through skip it.
+    ``torch.compile`` traces the ops themselves, so it always takes the autograd path.
+    """
+    return torch.compiler.is_compiling() or (
+        torch.is_grad_enabled() and any(x.requires_grad for x in inputs))

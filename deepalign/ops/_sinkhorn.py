@@ -1,7 +1,8 @@
 """Fused Sinkhorn projection: the public wrappers, their fakes and their autograd."""
 import torch
 
-from deepalign.ops._checks import as_batch, check_matrices, check_sinkhorn_args
+from deepalign.ops._checks import (as_batch, check_matrices, check_sinkhorn_args,
+                                   needs_autograd)
 from deepalign.ops._extension import extension_loaded, require_extension
 from deepalign.ops.reference import SINKHORN_DOC
 
@@ -29,17 +30,6 @@ def _check(scores, n_iters, tau, grad_mode):
     check_sinkhorn_args(n_iters, tau, grad_mode)
 
 
-def _needs_autograd(*inputs) -> bool:
-    """Whether a call must pass through the ops' autograd layer.
-
-    That layer is Python and runs on every call, gradient or not, costing more host time than
-    a small kernel (benchmarks/RESULTS.md); calls no gradient can flow through skip it.
-    ``torch.compile`` traces the ops themselves, so it always takes the autograd path.
-    """
-    return torch.compiler.is_compiling() or (
-        torch.is_grad_enabled() and any(x.requires_grad for x in inputs))
-
-
 class _ImplicitSinkhorn(torch.autograd.Function):
     """Forward through the fused kernel, backward by implicit differentiation at P."""
 
@@ -62,7 +52,7 @@ def sinkhorn_project(scores: torch.Tensor, n_iters: int = 20, tau: float = 1.0,
                      grad_mode: str = "unrolled") -> torch.Tensor:
     _check(scores, n_iters, tau, grad_mode)
     batch = as_batch(scores)
-    if not _needs_autograd(batch):
+    if not needs_autograd(batch):
         with torch._C._AutoDispatchBelowAutograd():
             p = _OPS.sinkhorn_project(batch, n_iters, float(tau))[0]
     elif grad_mode == "implicit":
@@ -106,7 +96,7 @@ def outer_sinkhorn_project(f0: torch.Tensor, f1: torch.Tensor, n_iters: int = 20
         raise TypeError(f"f0 and f1 must have the same dtype, got {f0.dtype} and {f1.dtype}")
     check_sinkhorn_args(n_iters, tau, grad_mode)
     b0, b1 = as_batch(f0), as_batch(f1)
-    if not _needs_autograd(b0, b1):
+    if not needs_autograd(b0, b1):
         with torch._C._AutoDispatchBelowAutograd():
             p = _OPS.outer_sinkhorn_project(b0, b1, n_iters, float(tau))[0]
     elif grad_mode == "implicit":

@@ -88,3 +88,11 @@ def hard_permutation(scores: torch.Tensor) -> torch.Tensor:
     """One-hot (…, n, n) permutation maximising ``<scores, P>`` (rounding of a soft plan)."""
     cols = linear_assignment(scores, maximize=True)
     return torch.nn.functional.one_hot(cols, scores.shape[-1]).to(scores.dtype)
+
+
+def row_col_max(w: torch.Tensor) -> tuple:
+    """Max of ``w`` (B, n, m, c) over each row and each column: (B, n, c), (B, m, c).
+
+    Differentiable like ``torch.max(dim)``: a tied maximum's gradient goes to its first index.
+    """
+    return w.max(dim=2).values, w.max(dim=1).values

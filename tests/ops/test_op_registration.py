@@ -21,6 +21,8 @@ def _opcheck_cases(dtype):
     _, row_pot, col_pot = OPS.sinkhorn_project(s.detach(), 4, 0.5)
     _, orow, ocol = OPS.outer_sinkhorn_project(f0.detach(), f1.detach(), 4, 0.5)
     p = OPS.sinkhorn_project(s.detach(), 50, 1.0)[0]
+    w = _randn(2, 4, 3, 5, dtype=dtype, requires_grad=True, seed=4)
+    _, _, row_idx, col_idx = OPS.row_col_max(w.detach())
     return [
         (OPS.sinkhorn_project, (s, 4, 0.5)),
         (OPS.sinkhorn_project, (s, 0, 1.0)),
@@ -32,10 +34,13 @@ def _opcheck_cases(dtype):
         (OPS.linear_assignment, (_randn(3, 4, 6, dtype=dtype), False)),
         (OPS.linear_assignment, (_randn(3, 4, 4, dtype=dtype), True)),
         (OPS.hard_permutation, (_randn(3, 4, 4, dtype=dtype),)),
+        (OPS.row_col_max, (w,)),
+        (OPS._row_col_max_backward, (_randn(2, 4, 5, dtype=dtype, seed=5),
+                                     _randn(2, 3, 5, dtype=dtype, seed=6), row_idx, col_idx)),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(11))
 def test_opcheck(case, dtype):
     op, args = _opcheck_cases(dtype)[case]
     torch.library.opcheck(op, args)
