@@ -33,15 +33,19 @@ class InputDownsample(nn.Module):
                      nn.Parameter(torch.randn(c_in, c_out) * math.sqrt(2.0 / (c_in + c_out))))
 
     def pool(self, w: torch.Tensor) -> tuple:
-        """``w`` (B, d_1, d_0, c) -> slots (B, d_1, k, c) and weights (B, d_1, d_0, k)."""
-        attn = torch.softmax(w @ self.queries.T / math.sqrt(w.shape[-1]), dim=2)
-        return attn.transpose(2, 3) @ w, attn
+        """``w`` (B, d_1, d_0, c) -> slots (B, d_1, k, c) and weights (B, d_1, k, d_0)."""
+        logits = w @ (self.queries.T.to(w.dtype) / math.sqrt(w.shape[-1]))
+        # slots first, inputs last: the softmax runs along contiguous memory (along a middle
+        # axis of stride k it is several times slower, forward and backward)
+        attn = torch.softmax(logits.transpose(2, 3).contiguous(), dim=3)
+        return attn @ w, attn
 
     def unpool(self, slots: torch.Tensor, attn: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """slots (B, d_1, k, c_out), weights (B, d_1, d_0, k), w (B, d_1, d_0, c)
+        """slots (B, d_1, k, c_out), weights (B, d_1, k, d_0), w (B, d_1, d_0, c)
         -> (B, d_1, d_0, c_out)."""
         b, d_1, d_0, _ = w.shape
         # the attention term accumulates in place into the skip's fresh (non-view) output
-        out = w.reshape(b * d_1, d_0, -1) @ self.skip
-        out.baddbmm_(attn.reshape(b * d_1, d_0, -1), slots.reshape(b * d_1, slots.shape[2], -1))
+        out = w.reshape(b * d_1, d_0, -1) @ self.skip.to(w.dtype)
+        out.baddbmm_(attn.reshape(b * d_1, -1, d_0).transpose(1, 2),
+                     slots.reshape(b * d_1, slots.shape[2], -1))
         return out.view(b, d_1, d_0, -1)
