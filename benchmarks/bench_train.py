@@ -59,12 +59,12 @@ def _check_equivariance(zoo, spec, nets, config):
     assert_aligner_equivariant(aligner, spec, a, b, generator=torch.Generator().manual_seed(0))
 
 
-def _speed(zoo, spec, nets, data, config, batch, steps):
+def _speed(zoo, spec, nets, data, config, precision, batch, steps):
     torch.manual_seed(0)
     name, overrides = _parse(config)
     aligner = DeepAlign.from_spec(spec, nets, name, **overrides)
     params = sum(p.numel() for p in aligner.parameters())
-    loss_module = _StepLoss(aligner, spec, TrainConfig())
+    loss_module = _StepLoss(aligner, spec, TrainConfig(precision=precision))
     sampler = PairSampler(nets, spec, aligner.layout, Augmentation())
     model = zoo.build_model()
     opt = torch.optim.AdamW(aligner.parameters(), lr=1e-3, amsgrad=True)
@@ -82,14 +82,16 @@ def _speed(zoo, spec, nets, data, config, batch, steps):
         opt.step()
         times.append(time.perf_counter() - tick)
     seconds = sorted(times[1:])[len(times[1:]) // 2]  # median: robust to a noisy neighbour
-    return {"config": config, "parameters": params, "seconds_per_step": seconds,
+    return {"config": config, "precision": precision, "parameters": params,
+            "seconds_per_step": seconds,
             "items_per_s": batch / seconds,
             "speedup_vs_authors": AUTHORS_SECONDS_PER_STEP / seconds * batch / 32}
 
 
 def _quality(zoo, spec, data, args):
     cfg = TrainConfig(steps=100_000, time_limit=args.train_minutes, eval_every=args.eval_every,
-                      checkpoint_every=args.eval_every, val_pairs=args.val_pairs)
+                      checkpoint_every=args.eval_every, val_pairs=args.val_pairs,
+                      precision=args.train_precision)
     run = os.path.join(args.out, "run")
     train(zoo, run, config=cfg, resume=os.path.exists(os.path.join(run, "checkpoint.pt")))
     val = BarrierValidator(zoo.stacked(zoo.split["val"]), spec, zoo.build_model(),
@@ -135,7 +137,10 @@ def main():
     parser.add_argument("--configs", default="paper,paper:downsample_every_layer=0,default",
                         help="comma-separated presets, each with optional ':field=value+...' "
                         "encoder overrides")
+    parser.add_argument("--precisions", default="float32,bfloat16",
+                        help="encoder precisions to time each configuration in")
     parser.add_argument("--train-minutes", type=float, default=0.0)
+    parser.add_argument("--train-precision", default="float32", help="of the quality run")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--val-pairs", type=int, default=32)
     args = parser.parse_args()
@@ -150,11 +155,14 @@ def main():
               "load_average_at_start": os.getloadavg(), "speed": []}
     for config in args.configs.split(","):
         _check_equivariance(zoo, spec, nets, config)
-        row = _speed(zoo, spec, nets, data, config, args.batch_size, args.speed_steps)
-        report["speed"].append(row)
-        print(f"{config:>8}: {row['parameters']:>10,} params  {row['seconds_per_step']:.3f} s/step"
-              f"  {row['items_per_s']:.1f} items/s  {row['speedup_vs_authors']:.1f}x the authors'"
-              f" ({AUTHORS_PARAMETERS:,} params, {AUTHORS_SECONDS_PER_STEP} s/step)")
+        for precision in args.precisions.split(","):
+            row = _speed(zoo, spec, nets, data, config, precision, args.batch_size,
+                         args.speed_steps)
+            report["speed"].append(row)
+            print(f"{config:>8} {precision:>8}: {row['parameters']:>10,} params  "
+                  f"{row['seconds_per_step']:.3f} s/step  {row['items_per_s']:.1f} items/s  "
+                  f"{row['speedup_vs_authors']:.1f}x the authors' ({AUTHORS_PARAMETERS:,} "
+                  f"params, {AUTHORS_SECONDS_PER_STEP} s/step)")
     if args.train_minutes > 0:
         report["quality"] = _quality(zoo, spec, data, args)
         q = report["quality"]

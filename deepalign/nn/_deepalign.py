@@ -94,12 +94,17 @@ class DeepAlign(nn.Module):
             sd_a, sd_b = ({k: v[None] for k, v in sd.items()} for sd in (sd_a, sd_b))
         return sd_a, sd_b, batched_a
 
-    def embed(self, *batches: dict) -> list:
+    def embed(self, *batches: dict, dtype: torch.dtype = None) -> list:
         """Neuron embeddings of several batches of networks, encoded in one encoder call.
 
         Parameters
         ----------
         *batches : dict of str to Tensor, each (B_i, *shape)
+        dtype : torch.dtype, optional
+            Precision of the encoder's activations (default: the parameters'). With
+            ``torch.bfloat16`` the encoder runs in mixed precision: parameters are cast on use
+            (their gradients reach the float32 originals), BatchNorm keeps float32 statistics,
+            and the embeddings come back in the parameters' dtype.
 
         Returns
         -------
@@ -107,10 +112,12 @@ class DeepAlign(nn.Module):
             L2-normalised over channels, times the learned scale ``s``.
         """
         ref = self.scale
-        parts = [self.layout.to_internal({k: v.to(ref) for k, v in sd.items()}) for sd in batches]
+        parts = [self.layout.to_internal({k: v.to(ref.device, dtype or ref.dtype)
+                                          for k, v in sd.items()}) for sd in batches]
         feats = self.encoder([torch.cat(w) for w in zip(*(p[0] for p in parts))],
                              [torch.cat(b) for b in zip(*(p[1] for p in parts))])
-        emb = [torch.nn.functional.normalize(f, dim=-1) * self.scale for f in feats[:-1]]
+        emb = [torch.nn.functional.normalize(f.to(ref.dtype), dim=-1) * self.scale
+               for f in feats[:-1]]
         sizes = [p[0][0].shape[0] for p in parts]
         return [list(chunk) for chunk in zip(*(e.split(sizes) for e in emb))]
 

@@ -31,37 +31,15 @@ import math
 import torch
 from torch import nn
 
+from deepalign import ops
 from deepalign.nn._downsample import InputDownsample
 from deepalign.nn._sets import make_set_layer
-
-
-class _RowColMax(torch.autograd.Function):
-    """Max over the rows and over the columns of ``w`` (B, n, m, c): (B, n, c), (B, m, c).
-
-    ``amax`` is fast forward but its backward builds entry-sized masks and tie counts twice;
-    ``max(dim)`` returns indices but is 15x slower forward on a middle axis. Here the backward
-    is one ``where`` per pool. Tied maxima each receive the full gradient (not a share):
-    within the encoder, pooled tensors are ReLU outputs, where ties at a positive value have
-    measure zero and ties at zero sit behind the ReLU's zero gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, w):
-        rows, cols = w.amax(dim=2), w.amax(dim=1)
-        ctx.save_for_backward(w, rows, cols)
-        return rows, cols
-
-    @staticmethod
-    def backward(ctx, g_rows, g_cols):
-        w, rows, cols = ctx.saved_tensors
-        grad = torch.where(w == rows[:, :, None], g_rows[:, :, None], 0.0)
-        return grad.add_(torch.where(w == cols[:, None], g_cols[:, None], 0.0))
 
 
 def _row_col_pool(w: torch.Tensor, reduction: str) -> tuple:
     """``(pool over the input axis, pool over the output axis)`` of ``w`` (B, n, m, c)."""
     if reduction == "max":
-        return _RowColMax.apply(w)
+        return ops.row_col_max(w)
     return w.mean(dim=2), w.mean(dim=1)
 
 
@@ -137,8 +115,8 @@ class WeightSpaceLayer(nn.Module):
             feats.append(torch.nn.functional.pad(torch.cat([row, col, bias], -1),
                                                  (0, 0, 0, n - d)))
         h = torch.stack(feats, 1)
-        return torch.cat([h[:, :1] + _pad_rows(self.pos_in, n), h[:, 1:-1],
-                          h[:, -1:] + _pad_rows(self.pos_out, n)], 1)
+        return torch.cat([h[:, :1] + _pad_rows(self.pos_in.to(h.dtype), n), h[:, 1:-1],
+                          h[:, -1:] + _pad_rows(self.pos_out.to(h.dtype), n)], 1)
 
     def forward(self, weights: list, biases: list) -> tuple:
         full_first = weights[0]
@@ -149,13 +127,14 @@ class WeightSpaceLayer(nn.Module):
         # per set (B, d_k, 3 c_out); unbind's backward is one stack, not a zero-fill per slice
         per_set = [t[:, :d] for t, d in zip(z.unbind(1), self.sizes)]
         row, col, bias = zip(*(t.split(self.c_out, dim=-1) for t in per_set))
-        new_b = [biases[m] @ self.b_lin[m] + bias[m + 1] for m in range(len(biases))]
+        b_lin = self.b_lin.to(z.dtype)
+        new_b = [biases[m] @ b_lin[m] + bias[m + 1] for m in range(len(biases))]
         if self.bias_only:  # nothing reads this layer's weight outputs
             return None, new_b
-        new_w = []
+        new_w, w_lin = [], self.w_lin.to(z.dtype)
         for m, w in enumerate(weights):
             # in place on the fresh matmul output: no extra entry-sized tensors
-            out = w @ self.w_lin[m]
+            out = w @ w_lin[m]
             new_w.append(out.add_(row[m + 1][:, :, None, :]).add_(col[m][:, None, :, :]))
         if self.downsample is not None and self.downsample.skip is not None:
             new_w[0] = self.downsample.unpool(new_w[0], attn, full_first)

@@ -42,8 +42,8 @@ class StackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         y = torch.einsum("bkic,kcd->bkid", x.reshape(shape[0], shape[1], -1, shape[-1]),
-                         self.weight)
-        y = y + self.bias[None, :, None]
+                         self.weight.to(x.dtype))
+        y = y + self.bias.to(x.dtype)[None, :, None]
         return y.reshape(*shape[:-1], y.shape[-1])
 
 
@@ -57,7 +57,8 @@ class DeepSetsLayer(nn.Module):
         self.reduction = reduction
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pooled = torch.einsum("bkc,kcd->bkd", masked_pool(x, mask, self.reduction), self.pooled)
+        pooled = torch.einsum("bkc,kcd->bkd", masked_pool(x, mask, self.reduction),
+                              self.pooled.to(x.dtype))
         return self.elem(x) + pooled[:, :, None]
 
 

@@ -38,12 +38,17 @@ from deepalign.weightspace import permute
 from deepalign.zoo import Zoo
 
 
+_PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training hyper-parameters (the encoder's are an ``EncoderConfig``).
 
     ``time_limit``: stop (validate, checkpoint, save) after this many minutes of wall time
-    (0: run all ``steps``); the clock survives ``resume``.
+    (0: run all ``steps``); the clock survives ``resume``. ``precision``: the encoder's
+    activations while training, 'float32' or 'bfloat16' (mixed precision: float32 master
+    weights, optimiser and losses; see ``DeepAlign.embed``). Validation always runs in float32.
     """
 
     steps: int = 1500
@@ -64,6 +69,7 @@ class TrainConfig:
     val_points: int = 11
     seed: int = 0
     time_limit: float = 0.0
+    precision: str = "float32"
     augmentation: dict = field(default_factory=lambda: asdict(Augmentation()))
 
     def __post_init__(self):
@@ -72,6 +78,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         Augmentation(**self.augmentation)
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, "
+                             f"got {self.precision!r}")
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -91,7 +100,8 @@ class _StepLoss(torch.nn.Module):
     def forward(self, batch, task_model, x, y, lam) -> tuple:
         cfg = self.config
         emb_a, emb_lab, emb_unl = self.aligner.embed(batch.a, batch.labelled_b,
-                                                     batch.unlabelled_b)
+                                                     batch.unlabelled_b,
+                                                     dtype=_PRECISIONS[cfg.precision])
         parts = {"supervised": supervised_loss(self.aligner.logits(emb_a, emb_lab),
                                                batch.target)}
         plans = self.aligner.plans(emb_a, emb_unl, cfg.sinkhorn_iters, cfg.tau)

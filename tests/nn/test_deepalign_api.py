@@ -138,3 +138,28 @@ def test_perms_initialise_sinkhorn_rebasin(mlp):
     data = (torch.randn(16, 10, generator=gen), torch.randint(3, (16,), generator=gen))
     out = sinkhorn_rebasin(model, a, b, spec, data, init=init, n_steps=2, batch_size=8)
     assert out is not None
+
+
+@pytest.mark.parametrize("config", ["default", "paper"])
+def test_bfloat16_encoder_tracks_float32_and_trains_the_float32_weights(mlp, config):
+    model, spec = mlp
+    torch.manual_seed(0)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), config, **SMALL).eval()
+    gen = torch.Generator().manual_seed(1)
+    a = random_state_dict(model, 3, generator=gen, dtype=torch.float32)
+    b = random_state_dict(model, 3, generator=gen, dtype=torch.float32)
+    full = aligner.embed(a, b)
+    mixed = aligner.embed(a, b, dtype=torch.bfloat16)
+    for f_set, m_set in zip(full, mixed):
+        for f, m in zip(f_set, m_set):
+            assert m.dtype == torch.float32
+            # unit vectors times the scale: bfloat16 keeps ~3 significant digits
+            cos = torch.nn.functional.cosine_similarity(f, m, dim=-1)
+            assert cos.min() > 0.99, cos.min()
+    aligner.train()
+    emb_a, emb_b = aligner.embed(a, b, dtype=torch.bfloat16)
+    sum((x @ y.mT).logsumexp(-1).sum() for x, y in zip(emb_a, emb_b)).backward()
+    for name, p in aligner.named_parameters():
+        assert p.dtype == torch.float32 and p.grad is not None, name
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+    assert sum(p.grad.abs().sum() for p in aligner.encoder.parameters()) > 0

@@ -80,7 +80,8 @@ def test_cli_train_runs(zoo, tmp_path, capsys):
     code = cli_main(["train", "--zoo", zoo.path, "--out", str(out), "--steps", "2",
                      "--batch-size", "2", "--eval-every", "2", "--val-pairs", "2",
                      "--val-images", "64", "--val-points", "3", "--hidden", "8",
-                     "--n-hidden", "1", "--out-features", "8", "--no-progress"])
+                     "--n-hidden", "1", "--out-features", "8", "--precision", "bfloat16",
+                     "--no-progress"])
     assert code == 0 and (out / "best.pt").is_file()
     assert "parameter aligner" in capsys.readouterr().out
 
@@ -95,6 +96,8 @@ def test_aligner_from_zoo_fits_its_networks(zoo):
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="steps"):
         TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="float16")
     with pytest.raises(ValueError, match="dropout"):
         TrainConfig(augmentation={"noise": 0.01, "dropout": 1.5, "pos_scale": 0.1,
                                   "quantile_dropout": 0.1})
