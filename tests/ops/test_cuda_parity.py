@@ -270,3 +270,16 @@ def test_opcheck_on_cuda():
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
+
+
+def test_row_col_max_on_cuda_matches_the_cpu_kernel(dtype):
+    # no CUDA kernel: CUDA tensors take the reference (torch.max with indices), same semantics
+    w = torch.randn(3, 7, 5, 6, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    grads = []
+    for device in ("cpu", CUDA):
+        x = w.to(device).requires_grad_()
+        rows, cols = ops.row_col_max(x)
+        assert rows.device == x.device
+        (rows.square().sum() + cols.sum()).backward()
+        grads.append((rows.cpu(), cols.cpu(), x.grad.cpu()))
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
