@@ -3,6 +3,7 @@ encoder's row/column max-pooling.
 
 Every op is a ``torch.ops.deepalign`` operator with CPU (and, when built, CUDA) kernels, a fake
 for ``torch.compile`` and, where differentiable, a backward that is an op of its own.
+``row_col_max`` has a CPU kernel only; on other devices its wrapper runs the reference.
 ``deepalign.ops.reference`` holds the slow pure-PyTorch versions that define the semantics.
 """
 from deepalign.ops._assignment import hard_permutation, linear_assignment
