@@ -100,31 +100,24 @@ DA_SIMD_CLONES bool row_col_max_fast(const scalar_t* w, int64_t n, int64_t m, in
 template <typename scalar_t, typename acc_t>
 void row_col_max_nan(const scalar_t* w, int64_t n, int64_t m, int64_t c, scalar_t* rows,
                      scalar_t* cols, int64_t* row_idx, int64_t* col_idx) {
-  const auto wins = [](acc_t v, acc_t best) { return v > best || (v != v && best == best); };
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t k = 0; k < c; ++k) {
-      acc_t best = static_cast<acc_t>(w[i * m * c + k]);
-      int64_t arg = 0;
-      for (int64_t j = 1; j < m; ++j) {
-        const acc_t v = static_cast<acc_t>(w[(i * m + j) * c + k]);
-        if (wins(v, best)) best = v, arg = j;
-      }
-      rows[i * c + k] = static_cast<scalar_t>(best);
-      row_idx[i * c + k] = arg;
+  // max and first argmax of count values stride apart, NaN winning
+  const auto reduce = [](const scalar_t* x, int64_t count, int64_t stride, scalar_t* out,
+                         int64_t* arg_out) {
+    acc_t best = static_cast<acc_t>(x[0]);
+    int64_t arg = 0;
+    for (int64_t t = 1; t < count; ++t) {
+      const acc_t v = static_cast<acc_t>(x[t * stride]);
+      if (v > best || (v != v && best == best)) best = v, arg = t;
     }
-  }
-  for (int64_t j = 0; j < m; ++j) {
-    for (int64_t k = 0; k < c; ++k) {
-      acc_t best = static_cast<acc_t>(w[j * c + k]);
-      int64_t arg = 0;
-      for (int64_t i = 1; i < n; ++i) {
-        const acc_t v = static_cast<acc_t>(w[(i * m + j) * c + k]);
-        if (wins(v, best)) best = v, arg = i;
-      }
-      cols[j * c + k] = static_cast<scalar_t>(best);
-      col_idx[j * c + k] = arg;
-    }
-  }
+    *out = static_cast<scalar_t>(best);
+    *arg_out = arg;
+  };
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < c; ++k)
+      reduce(w + i * m * c + k, m, c, rows + i * c + k, row_idx + i * c + k);
+  for (int64_t j = 0; j < m; ++j)
+    for (int64_t k = 0; k < c; ++k)
+      reduce(w + j * c + k, n, m * c, cols + j * c + k, col_idx + j * c + k);
 }
 
 void check_weights(const at::Tensor& w) {

@@ -117,7 +117,7 @@ class DeepAlign(nn.Module):
         feats = self.encoder([torch.cat(w) for w in zip(*(p[0] for p in parts))],
                              [torch.cat(b) for b in zip(*(p[1] for p in parts))])
         emb = [torch.nn.functional.normalize(f.to(ref.dtype), dim=-1) * self.scale
-               for f in feats[:-1]]
+               for f in feats]
         sizes = [p[0][0].shape[0] for p in parts]
         return [list(chunk) for chunk in zip(*(e.split(sizes) for e in emb))]
 

@@ -98,8 +98,8 @@ class WeightSpaceEncoder(nn.Module):
     weights : list of Tensor, (B, d_{m+1}, d_m, in_features)
     biases : list of Tensor, (B, d_{m+1}, 1)
 
-    Returns the bias features ``[(B, d_{m+1}, out_features)]`` of the last layer (its weight
-    outputs are never used by the readout and are not computed).
+    Returns the last layer's bias features of the hidden sets, ``[(B, d_k, out_features)]`` for
+    ``k = 1..L-1``: the readout. Nothing else of that layer is computed.
     """
 
     def __init__(self, set_sizes: list, in_features: int, config: EncoderConfig):
@@ -118,7 +118,7 @@ class WeightSpaceEncoder(nn.Module):
             sizes = [k] + list(set_sizes[1:]) if k and i and not every else set_sizes
             self.layers.append(WeightSpaceLayer(
                 sizes, c_w, c_b, c_out, config.set_layer, heads, config.reduction,
-                k if (every or i == 0) else None, bias_only=last, unpool=every))
+                k if (every or i == 0) else None, readout=last, unpool=every))
             if not last:
                 if config.norm not in ("batch", None):
                     raise ValueError(f"norm must be 'batch' or None, got {config.norm!r}")

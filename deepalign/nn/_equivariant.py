@@ -14,8 +14,8 @@ All four block families of the DWSNet layer with nearest-layer interactions ("di
 Every interaction between the tensors of a network passes through one neuron set, so the
 layer is written as: (1) per neuron set ``k`` gather the features
 ``h_k = [pool_in(W_k), pool_out(W_{k+1}), b_k]`` of shape (B, d_k, 2 c_w + c_b);
-(2) one set layer over all sets at once (stacked parameters, padded sets, see ``_sets``) gives
-per neuron a row term, a column term and a bias term; (3) broadcast them back:
+(2) one set layer over the sets (stacked parameters, each set at its own size, see ``_sets``)
+gives per neuron a row term, a column term and a bias term; (3) broadcast them back:
 
 .. math::
     W'_m[i, j] = W_m[i, j] A_m + r_m[i] + c_{m-1}[j], \qquad b'_m[i] = b_m[i] B_m + \beta_m[i].
@@ -62,9 +62,9 @@ class WeightSpaceLayer(nn.Module):
     downsample : int or None
         Reduce the first weight's input axis to this many learned slots (see
         :class:`InputDownsample`), so that cost and parameter count do not depend on ``d_0``.
-    bias_only : bool
-        Compute only the bias outputs (the last layer of an encoder whose readout is the
-        biases): the weight outputs would be discarded.
+    readout : bool
+        The encoder's last layer: compute only what its readout uses, the bias outputs of the
+        hidden sets (no weight outputs, nothing for the input and output sets).
     unpool : bool
         With ``downsample``: spread the first weight back to full width (the paper's
         per-layer down/up-sampling). False: return it at ``downsample`` slots, for the
@@ -77,61 +77,67 @@ class WeightSpaceLayer(nn.Module):
 
     def __init__(self, set_sizes: list, c_w: int, c_b: int, c_out: int, set_layer: str = "ds",
                  heads: int = 8, reduction: str = "max", downsample: int = None,
-                 bias_only: bool = False, unpool: bool = True):
+                 readout: bool = False, unpool: bool = True):
         super().__init__()
         n_layers = len(set_sizes) - 1
-        self.reduction, self.bias_only = reduction, bias_only
-        self.downsample = (InputDownsample(c_w, c_out if unpool and not bias_only else None,
+        self.reduction, self.readout = reduction, readout
+        self.downsample = (InputDownsample(c_w, c_out if unpool and not readout else None,
                                            downsample) if downsample else None)
         sizes = list(set_sizes)
         if downsample:
             sizes[0] = downsample
-        self.register_buffer("mask", torch.arange(max(sizes))[None] < torch.tensor(sizes)[:, None],
-                             persistent=False)
         self.sizes = sizes
         c_h = 2 * c_w + c_b
-        self.pos_in = nn.Parameter(torch.randn(sizes[0], c_h) * 0.1)
-        self.pos_out = nn.Parameter(torch.randn(sizes[-1], c_h) * 0.1)
+        if readout:  # the input and output sets' features are never formed
+            self.pos_in = self.pos_out = None
+            self._register_load_state_dict_pre_hook(_drop_unread_embeddings)
+        else:
+            self.pos_in = nn.Parameter(torch.randn(sizes[0], c_h) * 0.1)
+            self.pos_out = nn.Parameter(torch.randn(sizes[-1], c_h) * 0.1)
         self.sets = make_set_layer(set_layer, n_layers + 1, c_h, 3 * c_out, heads, reduction,
                                    hidden=c_out)
         std = math.sqrt(2.0) * math.sqrt(2.0 / (c_w + c_out))
-        self.w_lin = None if bias_only else nn.Parameter(torch.randn(n_layers, c_w, c_out) * std)
+        self.w_lin = None if readout else nn.Parameter(torch.randn(n_layers, c_w, c_out) * std)
         self.b_lin = nn.Parameter(torch.randn(n_layers, c_b, c_out) *
                                   math.sqrt(2.0) * math.sqrt(2.0 / (c_b + c_out)))
         self.c_out = c_out
 
-    def _neuron_features(self, weights: list, biases: list) -> torch.Tensor:
-        """Padded (B, L+1, n, 2 c_w + c_b): ``[pool_in(W_k), pool_out(W_{k+1}), b_k]``."""
-        n_layers, n = len(weights), self.mask.shape[1]
+    def _neuron_features(self, weights: list, biases: list) -> list:
+        """Per set k, (B, d_k, 2 c_w + c_b): ``[pool_in(W_k), pool_out(W_{k+1}), b_k]``; None
+        for the input and output sets of a readout layer."""
+        n_layers = len(weights)
         # rows[m] (B, d_out, c_w) is a feature of set m + 1, cols[m] (B, d_in, c_w) of set m
         rows, cols = zip(*(_row_col_pool(w, self.reduction) for w in weights))
         b, c_w, c_b = weights[0].shape[0], weights[0].shape[-1], biases[0].shape[-1]
         feats = []
         for k in range(n_layers + 1):
+            if self.readout and k in (0, n_layers):
+                feats.append(None)
+                continue
             d = self.sizes[k]
             row = rows[k - 1] if k > 0 else weights[0].new_zeros(b, d, c_w)
             col = cols[k] if k < n_layers else weights[0].new_zeros(b, d, c_w)
             bias = biases[k - 1] if k > 0 else weights[0].new_zeros(b, d, c_b)
-            feats.append(torch.nn.functional.pad(torch.cat([row, col, bias], -1),
-                                                 (0, 0, 0, n - d)))
-        h = torch.stack(feats, 1)
-        return torch.cat([h[:, :1] + _pad_rows(self.pos_in.to(h.dtype), n), h[:, 1:-1],
-                          h[:, -1:] + _pad_rows(self.pos_out.to(h.dtype), n)], 1)
+            feats.append(torch.cat([row, col, bias], -1))
+        if not self.readout:
+            feats[0] = feats[0] + self.pos_in.to(feats[0].dtype)
+            feats[-1] = feats[-1] + self.pos_out.to(feats[-1].dtype)
+        return feats
 
     def forward(self, weights: list, biases: list) -> tuple:
         full_first = weights[0]
         if self.downsample is not None:
             slots, attn = self.downsample.pool(full_first)
             weights = [slots] + list(weights[1:])
-        z = self.sets(self._neuron_features(weights, biases), self.mask)
-        # per set (B, d_k, 3 c_out); unbind's backward is one stack, not a zero-fill per slice
-        per_set = [t[:, :d] for t, d in zip(z.unbind(1), self.sizes)]
-        row, col, bias = zip(*(t.split(self.c_out, dim=-1) for t in per_set))
-        b_lin = self.b_lin.to(z.dtype)
+        z = self.sets(self._neuron_features(weights, biases))  # per set (B, d_k, 3 c_out)
+        dtype = weights[0].dtype
+        b_lin = self.b_lin.to(dtype)
+        if self.readout:  # the hidden sets' bias outputs, nothing else
+            return None, [biases[m] @ b_lin[m] + z[m + 1][..., 2 * self.c_out:]
+                          for m in range(len(biases) - 1)]
+        row, col, bias = zip(*(t.split(self.c_out, dim=-1) for t in z))
         new_b = [biases[m] @ b_lin[m] + bias[m + 1] for m in range(len(biases))]
-        if self.bias_only:  # nothing reads this layer's weight outputs
-            return None, new_b
-        new_w, w_lin = [], self.w_lin.to(z.dtype)
+        new_w, w_lin = [], self.w_lin.to(dtype)
         for m, w in enumerate(weights):
             # in place on the fresh matmul output: no extra entry-sized tensors
             out = w @ w_lin[m]
@@ -141,6 +147,7 @@ class WeightSpaceLayer(nn.Module):
         return new_w, new_b
 
 
-def _pad_rows(x: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.nn.functional.pad(x, (0, 0, 0, n - x.shape[0]))
-
+def _drop_unread_embeddings(state_dict, prefix, *_):
+    # files saved before readout layers lost their never-read input/output embeddings
+    for name in ("pos_in", "pos_out"):
+        state_dict.pop(prefix + name, None)

@@ -1,10 +1,11 @@
-"""Set layers over all neuron sets of a network at once.
+"""Set layers over all neuron sets of a network.
 
-The ``K`` neuron sets of a network (sizes ``d_0..d_{K-1}``) are zero-padded to one tensor
-``x`` of shape ``(B, K, n, c)`` with a boolean ``mask`` of shape ``(K, n)`` (True = a real
-neuron). Every set has its own parameters, stored stacked along a leading ``K`` axis, so one
-einsum (one attention call) serves all sets: no Python loop over layers. Both layers are
-permutation-equivariant within each set; padded rows hold garbage and are never read.
+A network's ``K`` neuron sets (sizes ``d_0..d_{K-1}``) arrive as a list of tensors
+``x_k`` of shape ``(B, d_k, c)``: no padding, so no work on padded rows and no masks. A set
+whose output nobody reads is passed (and returned) as None. Every set
+has its own parameters, stored stacked along a leading ``K`` axis (one parameter per role,
+whatever the depth); a layer loops over the sets, one matrix product per set and role. Both
+layers are permutation-equivariant within each set.
 """
 import math
 
@@ -12,14 +13,17 @@ import torch
 from torch import nn
 
 
-def masked_pool(x: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Pool ``x`` (B, K, n, c) over the real neurons of each set -> (B, K, c)."""
-    m = mask[None, :, :, None]
+def set_pool(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Pool ``x`` (B, d, c) over its ``d`` neurons -> (B, c)."""
     if reduction == "max":
-        return x.masked_fill(~m, float("-inf")).amax(dim=2)
+        return x.amax(dim=1)
     if reduction == "mean":
-        return (x * m).sum(dim=2) / m.sum(dim=2).clamp_min(1)
+        return x.mean(dim=1)
     raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")
+
+
+def _dtype(xs: list) -> torch.dtype:
+    return next(x for x in xs if x is not None).dtype
 
 
 def _stacked(k: int, c_in: int, c_out: int) -> nn.Parameter:
@@ -29,9 +33,9 @@ def _stacked(k: int, c_in: int, c_out: int) -> nn.Parameter:
 
 
 class StackedLinear(nn.Module):
-    """A separate ``Linear(c_in, c_out)`` per set, applied as one einsum.
+    """A separate ``Linear(c_in, c_out)`` per set: ``forward(k, x)`` applies set ``k``'s.
 
-    ``x`` (B, K, ..., c_in) -> (B, K, ..., c_out).
+    ``x`` (B, d, c_in) -> (B, d, c_out), the bias added inside the matrix product.
     """
 
     def __init__(self, k: int, c_in: int, c_out: int):
@@ -39,12 +43,10 @@ class StackedLinear(nn.Module):
         self.weight = _stacked(k, c_in, c_out)
         self.bias = nn.Parameter(torch.empty(k, c_out).uniform_(-1e-4, 1e-4))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        y = torch.einsum("bkic,kcd->bkid", x.reshape(shape[0], shape[1], -1, shape[-1]),
-                         self.weight.to(x.dtype))
-        y = y + self.bias.to(x.dtype)[None, :, None]
-        return y.reshape(*shape[:-1], y.shape[-1])
+    def forward(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        y = torch.addmm(self.bias[k].to(x.dtype), x.reshape(-1, x.shape[-1]),
+                        self.weight[k].to(x.dtype))
+        return y.view(*x.shape[:-1], y.shape[-1])
 
 
 class DeepSetsLayer(nn.Module):
@@ -56,18 +58,19 @@ class DeepSetsLayer(nn.Module):
         self.pooled = nn.Parameter(_stacked(k, c_in, c_out).detach() * 0.5)
         self.reduction = reduction
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pooled = torch.einsum("bkc,kcd->bkd", masked_pool(x, mask, self.reduction),
-                              self.pooled.to(x.dtype))
-        return self.elem(x) + pooled[:, :, None]
+    def forward(self, xs: list) -> list:
+        pooled = self.pooled.to(_dtype(xs))
+        # in place on each fresh product: its backward needs only the inputs
+        return [None if x is None else
+                self.elem(k, x).add_((set_pool(x, self.reduction) @ pooled[k])[:, None])
+                for k, x in enumerate(xs)]
 
 
 class SetAttentionLayer(nn.Module):
     r"""Set-Transformer self-attention block ``SAB(X) = MAB(X, X)`` per set, then a projection.
 
-    ``O = Q + softmax(Q K^T / sqrt(h)) V`` (multi-head, keys restricted to real neurons),
-    ``O = O + relu(O W_o)``, ``y = O W_p`` (Lee et al. 2019, without LayerNorm, as in
-    Deep-Align's ``SAB``).
+    ``O = Q + softmax(Q K^T / sqrt(h)) V`` (multi-head), ``O = O + relu(O W_o)``, ``y = O W_p``
+    (Lee et al. 2019, without LayerNorm, as in Deep-Align's ``SAB``).
     """
 
     def __init__(self, k: int, c_in: int, c_out: int, heads: int = 8, hidden: int = None):
@@ -81,20 +84,21 @@ class SetAttentionLayer(nn.Module):
         self.mix = StackedLinear(k, hidden, hidden)
         self.proj = StackedLinear(k, hidden, c_out)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, k, n, _ = x.shape
-        q, key, v = self.qkv(x).chunk(3, dim=-1)
-        split = lambda t: t.reshape(b, k, n, self.heads, -1).transpose(2, 3)  # noqa: E731
-        q_h, k_h, v_h = split(q), split(key), split(v)  # (B, K, heads, n, h)
+    def forward(self, xs: list) -> list:
+        return [None if x is None else self._one(k, x) for k, x in enumerate(xs)]
+
+    def _one(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        b, d, _ = x.shape
+        q, key, v = self.qkv(k, x).chunk(3, dim=-1)
+        split = lambda t: t.reshape(b, d, self.heads, -1).transpose(1, 2)  # noqa: E731
+        q_h, k_h, v_h = split(q), split(key), split(v)  # (B, heads, d, h)
         # written out: for heads this narrow, ATen's fused CPU attention is 3x slower than
-        # three batched matmuls, and its masked path adds entry-wide checks
-        key_bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
-        key_bias.masked_fill_(~mask, float("-inf"))  # (K, n): only real neurons are keys
-        scores = (q_h @ k_h.mT).mul_(q_h.shape[-1] ** -0.5).add_(key_bias[:, None, None, :])
+        # three batched matmuls
+        scores = (q_h @ k_h.mT).mul_(q_h.shape[-1] ** -0.5)
         o = torch.softmax(scores, dim=-1) @ v_h
-        o = q + o.transpose(2, 3).reshape(b, k, n, -1)
-        o = o + torch.relu(self.mix(o))
-        return self.proj(o)
+        o = q + o.transpose(1, 2).reshape(b, d, -1)
+        o = o + torch.relu(self.mix(k, o))
+        return self.proj(k, o)
 
 
 def make_set_layer(kind: str, k: int, c_in: int, c_out: int, heads: int, reduction: str,

@@ -17,19 +17,17 @@ def test_row_col_max_matches_amax_values_and_gradients():
     assert torch.autograd.gradcheck(lambda x: _row_col_pool(x, "max"), (w,))
 
 
-def test_set_attention_matches_masked_sdpa():
+def test_set_attention_matches_sdpa_per_set():
     torch.manual_seed(0)
     layer = SetAttentionLayer(3, 12, 10, heads=4, hidden=16).double()
-    x = torch.randn(5, 3, 7, 12, dtype=torch.float64)
-    mask = torch.arange(7)[None] < torch.tensor([7, 4, 2])[:, None]
-    q, k, v = layer.qkv(x).chunk(3, dim=-1)
-    split = lambda t: t.reshape(5, 3, 7, 4, -1).transpose(2, 3)  # noqa: E731
-    o = F.scaled_dot_product_attention(split(q), split(k), split(v),
-                                       attn_mask=mask[None, :, None, None, :])
-    o = q + o.transpose(2, 3).reshape(5, 3, 7, -1)
-    expected = layer.proj(o + torch.relu(layer.mix(o)))
-    real = mask[None, :, :, None].expand_as(expected)  # padded rows are never read
-    torch.testing.assert_close(layer(x, mask)[real], expected[real])
+    xs = [torch.randn(5, d, 12, dtype=torch.float64) for d in (7, 4, 1)]
+    for k, (x, got) in enumerate(zip(xs, layer(xs))):
+        q, key, v = (x @ layer.qkv.weight[k] + layer.qkv.bias[k]).chunk(3, dim=-1)
+        split = lambda t: t.reshape(5, x.shape[1], 4, -1).transpose(1, 2)  # noqa: E731
+        o = F.scaled_dot_product_attention(split(q), split(key), split(v))
+        o = q + o.transpose(1, 2).reshape(5, x.shape[1], -1)
+        o = o + torch.relu(o @ layer.mix.weight[k] + layer.mix.bias[k])
+        torch.testing.assert_close(got, o @ layer.proj.weight[k] + layer.proj.bias[k])
 
 
 def test_tuple_batch_norm_matches_per_tensor_statistics():
