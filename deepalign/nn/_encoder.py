@@ -130,13 +130,21 @@ class WeightSpaceEncoder(nn.Module):
 
     def forward(self, weights: list, biases: list) -> list:
         for i, layer in enumerate(self.layers):
+            after = self.between[i] if i < len(self.between) else None
+            if after is not None and not self.training and layer.can_fold:
+                # eval: the BatchNorm + ReLU after the layer is an affine map and a ReLU,
+                # folded into the layer (dropout is the identity)
+                weights, biases = layer(weights, biases, relu_affine=after[0].relu_affine())
+                continue
             weights, biases = layer(weights, biases)
-            if i < len(self.between):
-                weights, biases = self.between[i](weights, biases)
+            if after is not None:
+                weights, biases = after(weights, biases)
         return biases
 
 
 class _TupleSequential(nn.ModuleList):
+    """A (BatchNorm + ReLU or ReLU, optional dropout) block between two layers."""
+
     def forward(self, weights, biases):
         for module in self:
             weights, biases = module(weights, biases)

@@ -124,7 +124,17 @@ class WeightSpaceLayer(nn.Module):
             feats[-1] = feats[-1] + self.pos_out.to(feats[-1].dtype)
         return feats
 
-    def forward(self, weights: list, biases: list) -> tuple:
+    @property
+    def can_fold(self) -> bool:
+        """Whether :meth:`forward` can take ``relu_affine`` (not when it unpools its first
+        weight: that output is not the matmul-plus-broadcasts the fold rewrites)."""
+        return not self.readout and (self.downsample is None or self.downsample.skip is None)
+
+    def forward(self, weights: list, biases: list, relu_affine: tuple = None) -> tuple:
+        """The layer; with ``relu_affine = (scale, shift)`` (each (2 L, c_out) or None: weights
+        first, then biases) it returns ``relu(out * scale + shift)`` per tensor instead: the
+        eval-mode BatchNorm + ReLU that follows, folded into the linear maps and the neuron
+        terms, so that no entry-sized pass is spent on it."""
         full_first = weights[0]
         if self.downsample is not None:
             slots, attn = self.downsample.pool(full_first)
@@ -136,15 +146,29 @@ class WeightSpaceLayer(nn.Module):
             return None, [biases[m] @ b_lin[m] + z[m + 1][..., 2 * self.c_out:]
                           for m in range(len(biases) - 1)]
         row, col, bias = zip(*(t.split(self.c_out, dim=-1) for t in z))
-        new_b = [biases[m] @ b_lin[m] + bias[m + 1] for m in range(len(biases))]
-        new_w, w_lin = [], self.w_lin.to(dtype)
+        n, w_lin = len(weights), self.w_lin.to(dtype)
+        scale, shift = relu_affine if relu_affine is not None else (None, None)
+        pick = lambda p, t: None if p is None else p[t].to(dtype)  # noqa: E731
+        finish = (lambda x: x) if relu_affine is None else torch.relu_  # noqa: E731
+        new_b, new_w = [], []
+        for m in range(n):
+            s, t = pick(scale, n + m), pick(shift, n + m)
+            new_b.append(finish(biases[m] @ _affine(b_lin[m], s) + _affine(bias[m + 1], s, t)))
         for m, w in enumerate(weights):
+            s, t = pick(scale, m), pick(shift, m)
             # in place on the fresh matmul output: no extra entry-sized tensors
-            out = w @ w_lin[m]
-            new_w.append(out.add_(row[m + 1][:, :, None, :]).add_(col[m][:, None, :, :]))
+            out = w @ _affine(w_lin[m], s)
+            out.add_(_affine(row[m + 1], s, t)[:, :, None, :]).add_(_affine(col[m], s)[:, None])
+            new_w.append(finish(out))
         if self.downsample is not None and self.downsample.skip is not None:
             new_w[0] = self.downsample.unpool(new_w[0], attn, full_first)
         return new_w, new_b
+
+
+def _affine(x: torch.Tensor, scale: torch.Tensor = None, shift: torch.Tensor = None):
+    """``x * scale + shift`` over the channel (last) axis; None skips a part."""
+    x = x if scale is None else x * scale
+    return x if shift is None else x + shift
 
 
 def _drop_unread_embeddings(state_dict, prefix, *_):

@@ -29,6 +29,14 @@ class TupleBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(2 * n_layers, channels))
         self.register_buffer("running_var", torch.ones(2 * n_layers, channels))
 
+    def relu_affine(self) -> tuple:
+        """``(scale, shift)``, (2 L, c): in eval mode this module is ``relu(x * scale + shift)``
+        (see ``WeightSpaceLayer.forward``, which folds it)."""
+        if not self.relu:
+            raise ValueError("only a BatchNorm followed by its ReLU folds into relu_affine")
+        scale = self.weight / torch.sqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
+
     def forward(self, weights: list, biases: list) -> tuple:
         out = []
         for t, x in enumerate(list(weights) + list(biases)):
@@ -43,6 +51,9 @@ class TupleBatchNorm(nn.Module):
 
 
 class TupleReLU(nn.Module):
+    def relu_affine(self) -> tuple:
+        return None, None  # relu(x): no scale, no shift
+
     def forward(self, weights: list, biases: list) -> tuple:
         return [torch.relu(w) for w in weights], [torch.relu(b) for b in biases]
 

@@ -1,4 +1,5 @@
 """The encoder's hand-optimised pieces against plain, obviously-right PyTorch (float64)."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -53,3 +54,38 @@ def test_tuple_batch_norm_matches_per_tensor_statistics():
     scale = bn.weight[0] / torch.sqrt(bn.running_var[0] + bn.eps)
     torch.testing.assert_close(out_w[0], torch.relu((weights[0] - bn.running_mean[0]) * scale
                                                     + bn.bias[0]))
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"norm": None}, {"dropout": 0.2}, {"downsample": 4},
+    {"downsample": 4, "downsample_every_layer": True, "set_layer": "sab", "heads": 2,
+     "reduction": "max"},
+])
+def test_eval_encoder_folds_batchnorm_and_relu_exactly(overrides):
+    from deepalign.nn import make_config
+    from deepalign.nn._encoder import WeightSpaceEncoder
+
+    torch.manual_seed(0)
+    config = make_config("default", hidden=8, n_hidden=2, out_features=6, **overrides)
+    enc = WeightSpaceEncoder([7, 5, 4, 3], 1, config).double()
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # BatchNorm with non-trivial statistics and affine
+        for module in enc.modules():
+            if isinstance(module, TupleBatchNorm):
+                module.running_mean.normal_(0, 0.5, generator=gen)
+                module.running_var.uniform_(0.5, 2.0, generator=gen)
+                module.weight.uniform_(0.5, 1.5, generator=gen)
+                module.bias.uniform_(-0.5, 0.5, generator=gen)
+    sizes = [(5, 7), (4, 5), (3, 4)]
+    weights = [torch.randn(3, o, i, 1, dtype=torch.float64, generator=gen) for o, i in sizes]
+    biases = [torch.randn(3, o, 1, dtype=torch.float64, generator=gen) for o, _ in sizes]
+    enc.eval()
+    w, b = weights, biases
+    for i, layer in enumerate(enc.layers):  # unfolded: each block on its own
+        w, b = layer(w, b)
+        if i < len(enc.between):
+            w, b = enc.between[i](w, b)
+    got = enc(weights, biases)
+    assert len(got) == len(b) == 2  # the two hidden sets
+    for x, y in zip(got, b):
+        torch.testing.assert_close(x, y)
