@@ -15,7 +15,7 @@
 Usage::
 
     python benchmarks/bench_train.py --zoo zoos/digits-mlp --out results/bench_train \\
-        [--train-minutes 30] [--speed-steps 5]
+        [--train-minutes 30] [--speed-steps 9]
 
 Writes ``OUT/bench_train.json`` and ``OUT/barrier_over_time.png``.
 """
@@ -133,7 +133,7 @@ def main():
     parser.add_argument("--zoo", default="zoos/digits-mlp")
     parser.add_argument("--out", default="results/bench_train")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--speed-steps", type=int, default=5)
+    parser.add_argument("--speed-steps", type=int, default=9)
     parser.add_argument("--configs", default="paper,paper:downsample_every_layer=0,default",
                         help="comma-separated presets, each with optional ':field=value+...' "
                         "encoder overrides")
