@@ -61,7 +61,7 @@ class WeightSpaceLayer(nn.Module):
         Pooling over rows, columns and sets.
     downsample : int or None
         Reduce the first weight's input axis to this many learned slots (see
-        :class:`InputDownsample`), so that cost and parameter count do not depend on ``d_0``.
+        :class:`InputDownsample`), so that only the pooling's cost grows with ``d_0``.
     readout : bool
         The encoder's last layer: compute only what its readout uses, the bias outputs of the
         hidden sets (no weight outputs, nothing for the input and output sets).
@@ -82,7 +82,7 @@ class WeightSpaceLayer(nn.Module):
         n_layers = len(set_sizes) - 1
         self.reduction, self.readout = reduction, readout
         self.downsample = (InputDownsample(c_w, c_out if unpool and not readout else None,
-                                           downsample) if downsample else None)
+                                           downsample, set_sizes[0]) if downsample else None)
         sizes = list(set_sizes)
         if downsample:
             sizes[0] = downsample

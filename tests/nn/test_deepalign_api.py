@@ -73,18 +73,43 @@ def test_parameter_count_does_not_grow_quadratically_with_depth():
     assert p8 - p4 == pytest.approx(2 * (p4 - p2), rel=0.05)  # linear growth
 
 
-def test_one_encoder_accepts_any_input_width_when_downsampling():
-    def aligner_for(width):
-        model = MLP(width, hidden=(6, 5), out_features=3)
-        spec = PermutationSpec.from_module(model, torch.zeros(1, width))
-        torch.manual_seed(0)
-        return DeepAlign.from_spec(spec, model.state_dict(), downsample=4, **SMALL), model
+def _downsampling_aligner(width=12):
+    model = MLP(width, hidden=(6, 5), out_features=3)
+    spec = PermutationSpec.from_module(model, torch.zeros(1, width))
+    torch.manual_seed(0)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), downsample=4, **SMALL)
+    return aligner.double().eval(), model
 
-    (narrow, m1), (wide, m2) = aligner_for(12), aligner_for(300)
-    wide.load_state_dict(narrow.state_dict())  # same parameters, different input widths
-    out = wide.eval()(random_state_dict(m2, 2, torch.float32), random_state_dict(m2, 2,
-                                                                                  torch.float32))
-    assert all(torch.isfinite(v).all() for v in out.values())
+
+def _shuffle_inputs(sd, gen):
+    # a relabelling of the (never permuted) input pixels: a different function, not a symmetry
+    cols = torch.randperm(sd["layers.0.weight"].shape[-1], generator=gen)
+    return {**sd, "layers.0.weight": sd["layers.0.weight"][..., cols]}
+
+
+def test_downsampling_sees_which_input_each_weight_reads():
+    aligner, model = _downsampling_aligner()
+    gen = torch.Generator().manual_seed(1)
+    sd = random_state_dict(model, 3, generator=gen)
+    shuffled = _shuffle_inputs(sd, gen)
+    emb, emb_shuffled = aligner.embed(sd, shuffled)
+    assert max((e - f).abs().max() for e, f in zip(emb, emb_shuffled)) > 1e-3
+    with torch.no_grad():  # value-only attention pooling is blind to the input order
+        for layer in aligner.modules():
+            if hasattr(layer, "projection"):
+                layer.projection.zero_()
+    emb, emb_shuffled = aligner.embed(sd, shuffled)
+    torch.testing.assert_close(emb, emb_shuffled)
+
+
+def test_files_from_before_the_projection_load_with_a_zero_projection():
+    aligner, model = _downsampling_aligner()
+    old = {k: v for k, v in aligner.state_dict().items() if not k.endswith("projection")}
+    assert len(old) < len(aligner.state_dict())
+    fresh, _ = _downsampling_aligner()
+    fresh.load_state_dict(old)
+    projections = [v for k, v in fresh.state_dict().items() if k.endswith("projection")]
+    assert projections and all((p == 0).all() for p in projections)
 
 
 def test_cnn_head_is_folded_per_channel():
