@@ -13,6 +13,7 @@ seeded with ``(seed, s, r)``: a run is deterministic and resumes bit-for-bit.
 Under ``torchrun --nproc_per_node N`` the same call trains data-parallel (DDP; gloo on CPU,
 NCCL on GPU), each rank drawing ``batch_size / N`` items; rank 0 validates and writes files.
 """
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +40,10 @@ from deepalign.zoo import Zoo
 
 
 _PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+# the learning rate's factor as a function of the fraction of ``steps`` done; a function of
+# the step alone, so resume and data-parallel ranks agree without extra state
+_SCHEDULES = {"constant": lambda done: 1.0,
+              "cosine": lambda done: 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))}
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,9 @@ class TrainConfig:
     """Training hyper-parameters (the encoder's are an ``EncoderConfig``).
 
     ``time_limit``: stop (validate, checkpoint, save) after this many minutes of wall time
-    (0: run all ``steps``); the clock survives ``resume``. ``precision``: the encoder's
+    (0: run all ``steps``); the clock survives ``resume``. ``lr_schedule``: 'constant' (the
+    authors' choice) or 'cosine', which decays ``lr`` to 0 at step ``steps`` (a time-limited run
+    should set ``steps`` to what fits, or the decay is cut short). ``precision``: the encoder's
     activations while training, 'float32' or 'bfloat16' (mixed precision: float32 master
     weights, optimiser and losses; see ``DeepAlign.embed``). Validation always runs in float32.
     """
@@ -55,6 +62,7 @@ class TrainConfig:
     batch_size: int = 32
     image_batch: int = 128
     lr: float = 2e-3
+    lr_schedule: str = "constant"
     weight_decay: float = 5e-4
     clip: float = 1.0
     supervised_weight: float = 1.0
@@ -78,6 +86,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         Augmentation(**self.augmentation)
+        if self.lr_schedule not in _SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {sorted(_SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}")
         if self.precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, "
                              f"got {self.precision!r}")
@@ -205,6 +216,9 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(aligner.parameters(), config.clip)
+        lr = config.lr * _SCHEDULES[config.lr_schedule](step / config.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         optimizer.step()
         done, seconds = step + 1, time.perf_counter() - tick
         elapsed += seconds
@@ -212,7 +226,8 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
         if lead:
             log.log(done, {"loss": loss.detach(),
                            **{f"loss/{k}": v.detach() for k, v in parts.items()},
-                           "grad_norm": grad_norm, "pairs_per_s": 2 * per_rank * world / seconds,
+                           "grad_norm": grad_norm, "lr": lr,
+                           "pairs_per_s": 2 * per_rank * world / seconds,
                            "time_s": elapsed})
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if done % config.eval_every == 0 or last:
