@@ -207,3 +207,22 @@ def test_files_with_the_readout_layers_old_embeddings_still_load(mlp):
         torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="Unexpected key"):
         fresh.load_state_dict({**old, "encoder.layers.0.unknown": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_chunked_encoding_changes_nothing(mlp, monkeypatch, training):
+    import deepalign.nn._deepalign as module
+    model, spec = mlp
+    torch.manual_seed(0)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), **SMALL).double().train(training)
+    gen = torch.Generator().manual_seed(3)
+    a, b = random_state_dict(model, 7, generator=gen), random_state_dict(model, 7, generator=gen)
+    whole = aligner(a, b)
+    calls = []
+    encode = aligner.encoder.forward
+    monkeypatch.setattr(aligner.encoder, "forward", lambda *x: calls.append(1) or encode(*x))
+    monkeypatch.setattr(module, "CHUNK_ELEMENTS", 1)  # one network per chunk in eval mode
+    chunked = aligner(a, b)
+    # training keeps one batch: BatchNorm's batch statistics span all networks
+    assert len(calls) == (1 if training else 14)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
