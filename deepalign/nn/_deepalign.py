@@ -130,7 +130,8 @@ class DeepAlign(nn.Module):
         """The encoder. In eval mode networks are encoded independently (BatchNorm uses its
         running statistics), so large batches run in chunks of :data:`CHUNK_ELEMENTS`."""
         n = weights[0].shape[0]
-        per_network = self.config.hidden * sum(w[0].numel() for w in weights)
+        # each weight entry carries `hidden` channels (kernel taps are only its input features)
+        per_network = self.config.hidden * sum(w.shape[1] * w.shape[2] for w in weights)
         step = n if self.training else max(1, CHUNK_ELEMENTS // per_network)
         if step >= n:
             return self.encoder(weights, biases)
