@@ -47,7 +47,7 @@ def _run(args) -> int:
     from deepalign.training import keep_freed_memory
 
     # every method runs all pairs at once on the CPU: without it each large intermediate is
-    # page-faulted in afresh (Deep-Align on 50 Fashion-MNIST pairs: 3.3 against 10.8 ms/pair)
+    # page-faulted in afresh (Deep-Align on 50 Fashion-MNIST pairs: about 3 against 11 ms/pair)
     keep_freed_memory()
     evaluate_zoo(args.zoo, args.aligner, args.out, args.pairs, args.sinkhorn_steps,
                  args.methods.split(","), args.points, args.seed, not args.quiet)

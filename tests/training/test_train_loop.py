@@ -49,7 +49,8 @@ def test_train_writes_run_files_and_is_deterministic(zoo, tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_kill_continues_bit_for_bit(zoo, tmp_path, monkeypatch):
-    straight = train(zoo, str(tmp_path / "straight"), config=_config(steps=6, lr_schedule="cosine"), progress=False,
+    config = _config(steps=6, lr_schedule="cosine")
+    straight = train(zoo, str(tmp_path / "straight"), config=config, progress=False,
                      plot=False, **TINY)
     out = str(tmp_path / "killed")
     real = _trainer.step_generator
@@ -61,15 +62,14 @@ def test_resume_after_kill_continues_bit_for_bit(zoo, tmp_path, monkeypatch):
 
     monkeypatch.setattr(_trainer, "step_generator", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        train(zoo, out, config=_config(steps=6, lr_schedule="cosine"), progress=False, plot=False, **TINY)
+        train(zoo, out, config=config, progress=False, plot=False, **TINY)
     monkeypatch.setattr(_trainer, "step_generator", real)
     assert load_checkpoint(out)["step"] == 2
-    resumed = train(zoo, out, config=_config(steps=6, lr_schedule="cosine"), resume=True, progress=False, plot=False,
-                    **TINY)
+    resumed = train(zoo, out, config=config, resume=True, progress=False, plot=False, **TINY)
     _same_state(straight.state_dict(), resumed.state_dict())
     steps = [s for s, _ in read_metrics(out)["loss"]]
     assert steps == list(range(1, 7))  # step 3's row from before the kill was dropped
-    # the cosine schedule picks up where it was: lr of step s (1-based) is lr/2 (1 + cos(pi (s-1)/6))
+    # the cosine schedule picks up where it was: step s (1-based) has lr/2 (1 + cos(pi (s-1)/6))
     lr = [v for _, v in read_metrics(out)["lr"]]
     expected = [0.5 * TrainConfig.lr * (1 + math.cos(math.pi * s / 6)) for s in range(6)]
     assert lr == pytest.approx(expected, rel=1e-5)  # the CSV keeps 6 digits
