@@ -9,9 +9,11 @@ from deepalign.comparison._methods import LABELS, AlignmentTask
 
 
 def record_steps(n_steps: int, points: int = 12) -> tuple:
-    """Roughly log-spaced steps from 0 to ``n_steps`` (both included)."""
+    """Roughly log-spaced steps from 0 to ``n_steps`` (both included), plus ``n_steps // 5``:
+    whether Deep-Align + Sinkhorn reaches Sinkhorn re-basin's final barrier within a fifth of
+    its steps is read there exactly, not at the next grid point."""
     grid = torch.logspace(0, torch.log10(torch.tensor(float(max(n_steps, 1)))), points)
-    return tuple(sorted({0, n_steps, *(int(round(float(s))) for s in grid)}))
+    return tuple(sorted({0, n_steps, n_steps // 5, *(int(round(float(s))) for s in grid)}))
 
 
 def barrier_by_step(task: AlignmentTask, test_data, n_points: int = 11) -> dict:
