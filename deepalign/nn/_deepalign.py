@@ -142,12 +142,12 @@ class DeepAlign(nn.Module):
         """About the size of one network's largest activation: its weight features with
         ``hidden`` channels each (kernel taps are only input features), at ``downsample``
         slots after a one-off pooling, or that pooling's attention weights."""
-        k, config = self.config.downsample, self.config
+        config = self.config
         entries = [w.shape[1] * w.shape[2] for w in weights]
-        if not k or config.downsample_every_layer:
+        if not config.downsample or config.downsample_every_layer:
             return config.hidden * sum(entries)
-        attention = entries[0] * k
-        entries[0] = weights[0].shape[1] * k
+        attention = entries[0] * config.downsample
+        entries[0] = weights[0].shape[1] * config.downsample
         return max(config.hidden * sum(entries), attention)
 
     def embed_pair(self, sd_a: dict, sd_b: dict) -> tuple:
