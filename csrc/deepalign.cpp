@@ -26,6 +26,11 @@ TORCH_LIBRARY(deepalign, m) {
   m.def("row_col_max(Tensor w) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("_row_col_max_backward(Tensor grad_rows, Tensor grad_cols, Tensor row_idx, "
         "Tensor col_idx) -> Tensor");
+  // relu(w @ weight + row_bias[:, :, None] + col_bias[:, None]) for w (B, n, m, c_in), with its
+  // pools ('mean' or 'max') over each row (B, n, c_out) and each column (B, m, c_out); the
+  // first output is empty (0,) unless keep_output. Inference only (no autograd).
+  m.def("linear_relu_pool(Tensor w, Tensor weight, Tensor row_bias, Tensor col_bias, "
+        "str reduction, bool keep_output) -> (Tensor, Tensor, Tensor)");
 }
 
 // `import deepalign._C` loads this shared library, which runs the registrations above.

@@ -96,3 +96,15 @@ def row_col_max(w: torch.Tensor) -> tuple:
     Differentiable like ``torch.max(dim)``: a tied maximum's gradient goes to its first index.
     """
     return w.max(dim=2).values, w.max(dim=1).values
+
+
+def linear_relu_pool(w: torch.Tensor, weight: torch.Tensor, row_bias: torch.Tensor,
+                     col_bias: torch.Tensor, reduction: str = "mean",
+                     keep_output: bool = True) -> tuple:
+    """``y = relu(w @ weight + row_bias[:, :, None] + col_bias[:, None])`` for w (B, n, m, c_in)
+    and its ``reduction`` ('mean' or 'max') over each row (B, n, c_out) and each column
+    (B, m, c_out); ``y`` is replaced by an empty (0,) tensor unless ``keep_output``."""
+    # in place on the fresh product: one entry-sized tensor (this is the path on GPUs)
+    y = (w @ weight).add_(row_bias[:, :, None]).add_(col_bias[:, None]).relu_()
+    pool = torch.mean if reduction == "mean" else torch.amax
+    return (y if keep_output else y.new_empty(0)), pool(y, 2), pool(y, 1)

@@ -37,10 +37,17 @@ def _opcheck_cases(dtype):
         (OPS.row_col_max, (w,)),
         (OPS._row_col_max_backward, (_randn(2, 4, 5, dtype=dtype, seed=5),
                                      _randn(2, 3, 5, dtype=dtype, seed=6), row_idx, col_idx)),
+        # inference only: its registered backward raises, so no input requires a gradient
+        (OPS.linear_relu_pool, (w.detach(), _randn(5, 6, dtype=dtype, seed=7),
+                                _randn(2, 4, 6, dtype=dtype, seed=8),
+                                _randn(2, 3, 6, dtype=dtype, seed=9), "mean", True)),
+        (OPS.linear_relu_pool, (w.detach(), _randn(5, 6, dtype=dtype, seed=7),
+                                _randn(2, 4, 6, dtype=dtype, seed=8),
+                                _randn(2, 3, 6, dtype=dtype, seed=9), "max", False)),
     ]
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(13))
 def test_opcheck(case, dtype):
     op, args = _opcheck_cases(dtype)[case]
     torch.library.opcheck(op, args)
