@@ -129,14 +129,18 @@ class WeightSpaceEncoder(nn.Module):
                 self.between.append(_TupleSequential(block))
 
     def forward(self, weights: list, biases: list) -> list:
+        pools = None
         for i, layer in enumerate(self.layers):
             after = self.between[i] if i < len(self.between) else None
             if after is not None and not self.training and layer.can_fold:
                 # eval: the BatchNorm + ReLU after the layer is an affine map and a ReLU,
-                # folded into the layer (dropout is the identity)
-                weights, biases = layer(weights, biases, relu_affine=after[0].relu_affine())
+                # folded into the layer (dropout is the identity); its entry pass also pools
+                # for the next layer, and writes no weights a readout would only pool
+                weights, biases, pools = layer(
+                    weights, biases, pools, relu_affine=after[0].relu_affine(),
+                    keep_weights=not self.layers[i + 1].reads_only_pools)
                 continue
-            weights, biases = layer(weights, biases)
+            weights, biases, pools = layer(weights, biases, pools)
             if after is not None:
                 weights, biases = after(weights, biases)
         return biases

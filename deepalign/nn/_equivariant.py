@@ -102,22 +102,23 @@ class WeightSpaceLayer(nn.Module):
                                   math.sqrt(2.0) * math.sqrt(2.0 / (c_b + c_out)))
         self.c_out = c_out
 
-    def _neuron_features(self, weights: list, biases: list) -> list:
+    def _neuron_features(self, weights: list, biases: list, pools: tuple = None) -> list:
         """Per set k, (B, d_k, 2 c_w + c_b): ``[pool_in(W_k), pool_out(W_{k+1}), b_k]``; None
-        for the input and output sets of a readout layer."""
-        n_layers = len(weights)
+        for the input and output sets of a readout layer. ``pools``: the weights' (rows, cols)
+        pools when already known (then ``weights`` is not read)."""
+        n_layers = len(biases)
         # rows[m] (B, d_out, c_w) is a feature of set m + 1, cols[m] (B, d_in, c_w) of set m
-        rows, cols = zip(*(_row_col_pool(w, self.reduction) for w in weights))
-        b, c_w, c_b = weights[0].shape[0], weights[0].shape[-1], biases[0].shape[-1]
+        rows, cols = pools or zip(*(_row_col_pool(w, self.reduction) for w in weights))
+        b, c_w, c_b = biases[0].shape[0], rows[0].shape[-1], biases[0].shape[-1]
         feats = []
         for k in range(n_layers + 1):
             if self.readout and k in (0, n_layers):
                 feats.append(None)
                 continue
             d = self.sizes[k]
-            row = rows[k - 1] if k > 0 else weights[0].new_zeros(b, d, c_w)
-            col = cols[k] if k < n_layers else weights[0].new_zeros(b, d, c_w)
-            bias = biases[k - 1] if k > 0 else weights[0].new_zeros(b, d, c_b)
+            row = rows[k - 1] if k > 0 else biases[0].new_zeros(b, d, c_w)
+            col = cols[k] if k < n_layers else biases[0].new_zeros(b, d, c_w)
+            bias = biases[k - 1] if k > 0 else biases[0].new_zeros(b, d, c_b)
             feats.append(torch.cat([row, col, bias], -1))
         if not self.readout:
             feats[0] = feats[0] + self.pos_in.to(feats[0].dtype)
@@ -130,39 +131,65 @@ class WeightSpaceLayer(nn.Module):
         weight: that output is not the matmul-plus-broadcasts the fold rewrites)."""
         return not self.readout and (self.downsample is None or self.downsample.skip is None)
 
-    def forward(self, weights: list, biases: list, relu_affine: tuple = None) -> tuple:
-        """The layer; with ``relu_affine = (scale, shift)`` (each (2 L, c_out) or None: weights
-        first, then biases) it returns ``relu(out * scale + shift)`` per tensor instead: the
-        eval-mode BatchNorm + ReLU that follows, folded into the linear maps and the neuron
-        terms, so that no entry-sized pass is spent on it."""
-        full_first = weights[0]
+    @property
+    def reads_only_pools(self) -> bool:
+        """Whether the layer reads its input weights only through their row and column pools
+        (a readout without down-sampling): the layer before need not form them."""
+        return self.readout and self.downsample is None
+
+    def forward(self, weights: list, biases: list, pools: tuple = None,
+                relu_affine: tuple = None, keep_weights: bool = True) -> tuple:
+        """The layer: ``(weights, biases, pools)`` -> ``(new_weights, new_biases, new_pools)``.
+
+        ``pools``: the input weights' (rows, cols) pools when the layer before computed them
+        (``weights`` may then be None if :attr:`reads_only_pools`). With ``relu_affine =
+        (scale, shift)`` (each (2 L, c_out) or None: weights first, then biases) the layer
+        returns ``relu(out * scale + shift)`` per tensor instead: the eval-mode BatchNorm + ReLU
+        that follows, folded into the linear maps and the neuron terms, so that no entry-sized
+        pass is spent on it. The weights' entry pass (``ops.linear_relu_pool``) then also pools
+        its output for the next layer (``new_pools``; otherwise None), and with
+        ``keep_weights=False`` writes only those pools (``new_weights`` is None)."""
+        if not keep_weights and relu_affine is None:
+            raise ValueError("keep_weights=False needs relu_affine: only the folded pass pools "
+                             "its output")
+        full_first = None if weights is None else weights[0]
         if self.downsample is not None:
             slots, attn = self.downsample.pool(full_first)
-            weights = [slots] + list(weights[1:])
-        z = self.sets(self._neuron_features(weights, biases))  # per set (B, d_k, 3 c_out)
-        dtype = weights[0].dtype
+            weights, pools = [slots] + list(weights[1:]), None  # the slots pool anew
+        z = self.sets(self._neuron_features(weights, biases, pools))  # per set (B, d_k, 3 c_out)
+        dtype = biases[0].dtype
         b_lin = self.b_lin.to(dtype)
         if self.readout:  # the hidden sets' bias outputs, nothing else
             return None, [biases[m] @ b_lin[m] + z[m + 1][..., 2 * self.c_out:]
-                          for m in range(len(biases) - 1)]
+                          for m in range(len(biases) - 1)], None
         row, col, bias = zip(*(t.split(self.c_out, dim=-1) for t in z))
         n, w_lin = len(weights), self.w_lin.to(dtype)
         scale, shift = relu_affine if relu_affine is not None else (None, None)
         pick = lambda p, t: None if p is None else p[t].to(dtype)  # noqa: E731
         finish = (lambda x: x) if relu_affine is None else torch.relu_  # noqa: E731
-        new_b, new_w = [], []
+        new_b = []
         for m in range(n):
             s, t = pick(scale, n + m), pick(shift, n + m)
             new_b.append(finish(biases[m] @ _affine(b_lin[m], s) + _affine(bias[m + 1], s, t)))
+        if relu_affine is not None:
+            passes = []
+            for m, w in enumerate(weights):
+                s, t = pick(scale, m), pick(shift, m)
+                passes.append(ops.linear_relu_pool(w, _affine(w_lin[m], s),
+                                                   _affine(row[m + 1], s, t),
+                                                   _affine(col[m], s), self.reduction,
+                                                   keep_weights))
+            new_w, rows, cols = zip(*passes)
+            return (list(new_w) if keep_weights else None), new_b, (list(rows), list(cols))
+        new_w = []
         for m, w in enumerate(weights):
-            s, t = pick(scale, m), pick(shift, m)
             # in place on the fresh matmul output: no extra entry-sized tensors
-            out = w @ _affine(w_lin[m], s)
-            out.add_(_affine(row[m + 1], s, t)[:, :, None, :]).add_(_affine(col[m], s)[:, None])
-            new_w.append(finish(out))
+            out = w @ w_lin[m]
+            out.add_(row[m + 1][:, :, None, :]).add_(col[m][:, None])
+            new_w.append(out)
         if self.downsample is not None and self.downsample.skip is not None:
             new_w[0] = self.downsample.unpool(new_w[0], attn, full_first)
-        return new_w, new_b
+        return new_w, new_b, None
 
 
 def _affine(x: torch.Tensor, scale: torch.Tensor = None, shift: torch.Tensor = None):

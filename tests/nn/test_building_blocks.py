@@ -82,10 +82,30 @@ def test_eval_encoder_folds_batchnorm_and_relu_exactly(overrides):
     enc.eval()
     w, b = weights, biases
     for i, layer in enumerate(enc.layers):  # unfolded: each block on its own
-        w, b = layer(w, b)
+        w, b, _ = layer(w, b)
         if i < len(enc.between):
             w, b = enc.between[i](w, b)
-    got = enc(weights, biases)
-    assert len(got) == len(b) == 2  # the two hidden sets
-    for x, y in zip(got, b):
+    assert len(b) == 2  # the two hidden sets
+    got = enc(weights, biases)  # gradients on: the fold's entry pass is the reference
+    with torch.no_grad():  # the fused kernel (linear_relu_pool), pooling in the same pass
+        fused = enc(weights, biases)
+    for x, y, z in zip(got, fused, b):
         torch.testing.assert_close(x, y)
+        torch.testing.assert_close(z, y)
+
+
+def test_a_layer_drops_its_weights_only_in_the_folded_pass():
+    from deepalign.nn import WeightSpaceLayer
+
+    layer = WeightSpaceLayer([3, 4, 2], 1, 1, 5, reduction="mean")
+    weights = [torch.randn(2, 4, 3, 1), torch.randn(2, 2, 4, 1)]
+    biases = [torch.randn(2, 4, 1), torch.randn(2, 2, 1)]
+    with pytest.raises(ValueError, match="keep_weights=False needs relu_affine"):
+        layer(weights, biases, keep_weights=False)
+    with torch.no_grad():
+        new_w, new_b, pools = layer(weights, biases, relu_affine=(None, None), keep_weights=False)
+        kept_w, _, _ = layer(weights, biases, relu_affine=(None, None))
+    assert new_w is None and len(new_b) == 2
+    for w, rows, cols in zip(kept_w, *pools):  # the pools are those of the weights not formed
+        torch.testing.assert_close(rows, w.mean(2))
+        torch.testing.assert_close(cols, w.mean(1))
