@@ -211,6 +211,30 @@ def bench_pooling(device, timer, reps, quick, report):
         report.add(case, t["ours"], "autograd max(dim) ref", t["max"], None)
 
 
+def bench_entry_pass(device, timer, reps, quick, report):
+    """The eval-mode encoder's entry pass with the next layer's pools (``linear_relu_pool``)
+    against the reference in ATen: a matmul, two broadcast adds, the ReLU and two means, each a
+    pass over entry-sized tensors. Shapes: the paper CIFAR-10 CNN's widest hidden weight (128 x 128
+    channel pairs, 32 channels) for 10 networks, and its first layer (9 kernel taps in)."""
+    if device.type != "cpu":  # other devices run the reference itself
+        return
+    b = 10 if not quick else 2
+    for c_in in (32, 9):
+        gen = torch.Generator().manual_seed(0)
+        args = (torch.randn(b, 128, 128, c_in, generator=gen),
+                torch.randn(c_in, 32, generator=gen) / c_in ** 0.5,
+                torch.randn(b, 128, 32, generator=gen), torch.randn(b, 128, 32, generator=gen))
+        got = ops.linear_relu_pool(*args)
+        for g, w in zip(got, reference.linear_relu_pool(*args)):
+            assert_close(g, w, "linear_relu_pool", rtol=1e-5)
+        t = time_methods({"ours": lambda: ops.linear_relu_pool(*args),
+                          "pools": lambda: ops.linear_relu_pool(*args, keep_output=False),
+                          "aten": lambda: reference.linear_relu_pool(*args)}, timer, reps)
+        case = f"linear_relu_pool {(b, 128, 128, c_in)} -> 32"
+        report.add(case, t["ours"], "ATen reference", t["aten"], None)
+        report.add(case + ", pools only", t["pools"], "ATen reference", t["aten"], None)
+
+
 _MEMORY_PROBE = r"""
 import sys, torch
 from deepalign import ops
@@ -282,7 +306,8 @@ def main(argv=None):
         sys.exit("--device cuda needs a GPU and a build of deepalign with CUDA kernels")
     reps = args.reps or (3 if args.quick else 9)
     timer, report = Timer(device), Report()
-    stages = [bench_sinkhorn, bench_backward, bench_outer, bench_assignment, bench_pooling]
+    stages = [bench_sinkhorn, bench_backward, bench_outer, bench_assignment, bench_pooling,
+              bench_entry_pass]
     memory = None
     for stage in stages:
         print(f"... {stage.__name__[6:]}", file=sys.stderr, flush=True)

@@ -2,7 +2,8 @@
 # The one GPU check, for a machine with an NVIDIA GPU (H100, sm_90): build in place with the CUDA
 # kernels, run the CUDA tests, then time the kernels on the same GPU (float32): first the
 # GPU-only targets (exp-throughput floor, where a call's time goes, LAP at B=256), then
-# bench_ops.py --device cuda against the baselines. Logs go to $OUT (or /tmp/deepalign-gpu-out).
+# bench_ops.py --device cuda against the baselines, then Deep-Align against weight matching.
+# Logs go to $OUT (or /tmp/deepalign-gpu-out).
 #   bash benchmarks/gpu_check.sh [--skip-build] [--skip-tests] [--skip-other-tests]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -151,5 +152,9 @@ PYEOF
 step "bench_ops.py --device cuda (fwd vs eager and torch.compile, fwd+bwd, n=1024, outer, LAP)"
 timeout 200 $PY benchmarks/bench_ops.py --device cuda --reps ${REPS:-7} --json "$OUT/ops_cuda.json" \
   2>&1 | tee "$OUT/bench_ops.txt" | grep -v "^\.\.\."
+
+step "bench_align_speed.py --device cuda (Deep-Align vs weight matching, paper CNN on digits)"
+(cd benchmarks && timeout 150 $PY bench_align_speed.py --device cuda --json "$OUT/align_speed_cuda.json") \
+  2>&1 | tee "$OUT/align_speed.txt" | tail -5
 
 step done
