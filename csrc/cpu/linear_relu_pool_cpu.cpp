@@ -2,7 +2,7 @@
 //   y[b, i, j] = relu(w[b, i, j] @ weight + row_bias[b, i] + col_bias[b, j]),
 // with y's pools over each row and over each column, in one pass.
 //
-// ATen spends five entry-sized passes on this (the matmul, two broadcast adds, the ReLU, then
+// ATen spends six entry-sized passes on this (the matmul, two broadcast adds, the ReLU, then
 // the next layer reads y twice to pool it), each a trip through memory for an entry that has
 // only c_out values. Here each entry is computed in registers, written once (or not at all,
 // when only its pools are used: the encoder's readout) and pooled on the spot.
@@ -41,15 +41,16 @@ struct Block {
   const T* weight;    // (c_in, padded) zero-padded to whole vectors, at the block's first channel
   const T* row_bias;  // (n, c_out), at the block's first channel
   const T* col_bias;  // (m, c_out), likewise
-  T* out;             // (n, m, c_out) or nullptr
-  T* row_pool;        // (n, c_out)
+  T* out;             // (n, m, c_out) or nullptr, at the block's first channel
+  T* row_pool;        // (n, c_out), likewise
   T* col_acc;         // (m, padded): running column pools, at the block's first channel
   int64_t n, m, c_in, c_out, padded;
   int64_t lanes;      // channels of this block in its last vector (1..kLanes)
   bool mean;
 };
 
-// kEntries-or-fewer entries (i, j0..j0+J) of a block of V vectors of channels.
+// Entries (i, j0) .. (i, j0 + J - 1), J = kEntries or 1 (the row's remainder), for a block
+// of V vectors of channels.
 template <typename T, int V, int J>
 DA_INLINE void entries(const Block<T>& k, int64_t i, int64_t j0, const Vec<T> (&row)[V],
                        Vec<T> (&row_acc)[V]) {

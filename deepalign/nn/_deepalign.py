@@ -25,9 +25,9 @@ from deepalign._io import save_atomic
 _FORMAT = "deepalign.DeepAlign/1"
 #: Eval-mode encoding runs in chunks of networks whose activations hold about this many
 #: elements (128 MiB in float32), so that any number of pairs fits in memory. Larger chunks
-#: pay the per-call cost of the many small neuron-set ops over more networks and keep both
-#: threads busy; the entry passes stream through memory at any chunk size that helps (paper
-#: CIFAR-10 CNN architecture, 21 pairs: 5.7 ms/pair at 2^25 elements, 7.0 at 2^24, 11 at 2^22).
+#: spread the per-call cost of the many small neuron-set ops over more networks and keep both
+#: threads busy (paper CIFAR-10 CNN architecture, 21 pairs: 5.7 ms/pair at 2^25 elements, 7.0
+#: at 2^24, 11 at 2^22; the entry passes stream through memory at all three).
 CHUNK_ELEMENTS = 2 ** 25
 
 
@@ -185,7 +185,8 @@ class DeepAlign(nn.Module):
 
         Uses the module's current mode: call ``.eval()`` first for inference. For many pairs
         on the CPU, ``deepalign.training.keep_freed_memory()`` (once per process) saves
-        re-faulting large intermediates (about 3 against 11 ms per Fashion-MNIST MLP pair).
+        re-faulting large intermediates (Fashion-MNIST MLPs, measured before the fused entry
+        pass: about 3 against 11 ms per pair).
         """
         return {name: ops.linear_assignment(s, maximize=True)
                 for name, s in self.forward(sd_a, sd_b).items()}

@@ -17,7 +17,7 @@ def linear_relu_pool(w: torch.Tensor, weight: torch.Tensor, row_bias: torch.Tens
     The entry term of a weight-space layer whose BatchNorm and ReLU are folded in (eval mode),
     together with what the next layer reads of ``y``: its pool over each row and over each
     column. The CPU kernel computes each entry in registers, writes it once (or never, with
-    ``keep_output=False``) and pools it on the spot, where ATen takes five passes over
+    ``keep_output=False``) and pools it on the spot, where ATen takes six passes over
     entry-sized tensors.
 
     Parameters
