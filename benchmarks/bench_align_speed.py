@@ -6,8 +6,9 @@ least 10x faster per pair than weight matching, reversing the paper's ordering (
 default, a zoo of the paper's CIFAR-10 CNN architecture (seven 3x3 convolutions 16-32-32-64-64-
 128-128, max-pooling after the 3rd, 5th and 7th, a linear head) trained on scikit-learn's digits
 into a temporary directory. The aligner is ``--aligner`` or a freshly initialised one with the
-default encoder: inference does the same work whatever its weights. Each method gets one
-untimed warm-up and the best of ``--repeats`` timed runs over all pairs at once.
+default encoder: inference does the same work whatever its weights. Each method's untimed
+warm-up call is checked first (its perms must leave every B computing the same function), then
+it gets the best of ``--repeats`` timed runs over all pairs at once.
 
     .venv/bin/python benchmarks/bench_align_speed.py [--zoo DIR] [--aligner FILE] [--pairs 20]
         [--device cpu|cuda] [--json PATH]
@@ -21,8 +22,10 @@ from pathlib import Path
 import torch
 
 from bench_ops import Timer, machine
+from deepalign import check_equivalent
 from deepalign.baselines import weight_matching
 from deepalign.comparison._pairs import held_out_pairs
+from deepalign.models import example_input
 from deepalign.nn import DeepAlign
 from deepalign.zoo import TrainSettings, Zoo, train_zoo
 
@@ -38,8 +41,9 @@ def build_zoo(out: Path, pairs: int, epochs: int) -> Zoo:
                      chunk_size=count, val=0.0, test=0.5)
 
 
-def best_ms(fn, timer, repeats: int) -> float:
-    fn()
+def checked_best_ms(fn, check, timer, repeats: int) -> float:
+    """``check`` the warm-up call's result, then the best of ``repeats`` timed calls."""
+    check(fn())
     return min(timer(fn) for _ in range(repeats))
 
 
@@ -68,11 +72,21 @@ def main(argv=None):
         aligner = DeepAlign.load(args.aligner) if args.aligner else DeepAlign.from_zoo(zoo)
         aligner = aligner.to(device).eval()
         idx_a, idx_b = held_out_pairs(zoo, args.pairs)
-        a, b = ({k: v.to(device) for k, v in zoo.stacked(idx).items()} for idx in (idx_a, idx_b))
+        b_cpu, model = zoo.stacked(idx_b), zoo.build_model()
+        a, b = zoo.stacked(idx_a), b_cpu
+        a, b = ({k: v.to(device) for k, v in sd.items()} for sd in (a, b))
         n, config = len(idx_a), zoo.config
+    inputs = torch.randn(16, *example_input(config).shape[1:])
+
+    def keeps_function(perms):  # raises AssertionError where an aligned B computes otherwise
+        check_equivalent(model, b_cpu, spec, {k: v.cpu() for k, v in perms.items()}, inputs,
+                         rtol=1e-6, atol=1e-6)
+
     timer = Timer(device)
-    ms = {"Deep-Align": best_ms(lambda: aligner.align(a, b), timer, args.repeats),
-          "weight matching": best_ms(lambda: weight_matching(a, b, spec), timer, args.repeats)}
+    ms = {"Deep-Align": checked_best_ms(lambda: aligner.align(a, b), keeps_function, timer,
+                                        args.repeats),
+          "weight matching": checked_best_ms(lambda: weight_matching(a, b, spec),
+                                             keeps_function, timer, args.repeats)}
     per_pair = {k: v / n for k, v in ms.items()}
     ratio = per_pair["weight matching"] / per_pair["Deep-Align"]
     print(f"\n{n} pairs of {config.get('arch')} {config.get('channels') or config.get('hidden')}"
