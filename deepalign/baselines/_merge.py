@@ -28,7 +28,8 @@ def _mean(stacked: Mapping) -> dict:
 
 
 def merge(state_dicts, spec: PermutationSpec, max_iter: int = 100, seed: int = 0,
-          progress: bool = False) -> MergeResult:
+          progress: bool = False, correction: str | None = None, model=None,
+          data=None) -> MergeResult:
     """Merge N models of one architecture by aligning them and averaging their weights.
 
     - N = 2: weight-match model 1 to model 0 (``weight_matching``) and average.
@@ -46,6 +47,15 @@ def merge(state_dicts, spec: PermutationSpec, max_iter: int = 100, seed: int = 0
         Maximum rounds of MergeMany (and sweeps of each weight matching).
     seed : int
         Drives the round orders and weight matching's orders.
+    correction : {None, "reset_bn", "repair"}
+        Correct the average on ``data``: re-estimate its BatchNorm statistics
+        (``deepalign.reset_bn``), or give every hidden channel the mean and standard deviation
+        averaged over the aligned models (REPAIR; for N = 2 exactly ``deepalign.repair`` at
+        ``lam = 0.5``).
+    model : nn.Module
+        The architecture; needed with a correction.
+    data : Tensor x, pair (x, y) or iterable of batches
+        The samples the correction measures statistics on; needed with a correction.
 
     Returns
     -------
@@ -95,4 +105,22 @@ def merge(state_dicts, spec: PermutationSpec, max_iter: int = 100, seed: int = 0
                         aligned[k][i] = one[k]
             if not changed:
                 break
-    return MergeResult(_mean(permute(stacked, spec, perms)), perms)
+    aligned = permute(stacked, spec, perms)
+    merged = _mean(aligned)
+    if correction is not None:
+        merged = _corrected(merged, aligned, count, correction, model, data)
+    return MergeResult(merged, perms)
+
+
+def _corrected(merged: dict, aligned: dict, count: int, correction: str, model, data) -> dict:
+    """The mean of ``count`` aligned models corrected toward their average statistics."""
+    from deepalign.correction import Correction
+
+    if model is None or data is None:
+        raise ValueError(f"correction={correction!r} needs the architecture (model=) and the "
+                         "data to measure statistics on (data=)")
+    endpoints = [{k: v[i:i + 1] for k, v in aligned.items()} for i in range(count)]
+    fix = Correction(correction, model, data, endpoints)
+    weights = torch.full((1, count), 1 / count, dtype=torch.float64)
+    out = fix({k: v[None] for k, v in merged.items()}, torch.zeros(1, dtype=torch.long), weights)
+    return {k: v[0] for k, v in out.items()}

@@ -15,9 +15,31 @@ def _check_same_architecture(sd_a: dict, sd_b: dict, name_a: str, name_b: str) -
                              f"{tuple(sd_a[key].shape)} vs {tuple(sd_b[key].shape)}")
 
 
+def correction_data(source: str, samples: int = 1000, seed: int = 0) -> torch.Tensor:
+    """Inputs a correction measures on: ``samples`` training images of a data set named
+    ``source``, or the tensor (or the x of an (x, y) pair) saved in the file ``source``."""
+    from deepalign.data import DATASETS, load_dataset
+
+    if source in DATASETS:
+        x = load_dataset(source).X_train
+        return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples]]
+    try:
+        obj = torch.load(source, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise SystemExit(f"deepalign align: --data must name a data set ({', '.join(DATASETS)}) "
+                         f"or a tensor file; cannot read {source!r}: {exc}") from exc
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        obj = obj[0]
+    if not isinstance(obj, torch.Tensor):
+        raise SystemExit(f"deepalign align: --data file {source} must hold a Tensor of inputs "
+                         f"or a pair (x, y), got {type(obj).__name__}")
+    return obj
+
+
 def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int = 0,
-                dataset=None, seed: int = 0) -> dict:
-    """Align the network in ``path_b`` to the one in ``path_a``; write it (and the midpoint).
+                dataset=None, seed: int = 0, correction=None, data_source=None) -> dict:
+    """Align the network in ``path_b`` to the one in ``path_a``; write it (and the midpoint,
+    corrected with ``correction`` measured on ``data_source`` if given).
 
     Returns a summary: the perms' sizes, the largest output change of the permutation (it must
     be rounding), and the paths written.
@@ -26,6 +48,7 @@ def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int
     from deepalign.data import load_dataset
     from deepalign.evaluation import interpolate
     from deepalign.comparison._refine import deep_align_start
+    from deepalign.correction import correct_merge
     from deepalign.models import build_model, example_input
     from deepalign.nn import DeepAlign
     from deepalign.weightspace import PermutationSpec, check_equivalent, permute
@@ -62,15 +85,29 @@ def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int
     save_state_dict(aligned, out)
     written = [out]
     if merge:
-        save_state_dict(interpolate(sd_a, aligned, 0.5), merge)
+        if correction:
+            source = data_source or dataset
+            if source is None:
+                raise SystemExit("deepalign align: --correction needs --data (a data set name "
+                                 "or a tensor file): the aligner records no data set")
+            try:
+                merged = correct_merge(model, sd_a, aligned, correction,
+                                       correction_data(source, seed=seed))
+            except ValueError as exc:
+                raise SystemExit(f"deepalign align: {correction}: {exc}") from exc
+        else:
+            merged = interpolate(sd_a, aligned, 0.5)
+        save_state_dict(merged, merge)
         written.append(merge)
     return {"perm_sizes": {k: int(v.shape[-1]) for k, v in perms.items()},
             "max_output_change": gap, "written": written}
 
 
 def _run(args) -> int:
+    if args.correction and not args.merge:
+        raise SystemExit("deepalign align: --correction applies to the merged model: add --merge")
     summary = align_files(args.model_a, args.model_b, args.aligner, args.out, args.merge,
-                          args.refine_steps, args.dataset, args.seed)
+                          args.refine_steps, args.dataset, args.seed, args.correction, args.data)
     sizes = ", ".join(f"{k} ({n})" for k, n in summary["perm_sizes"].items())
     print(f"aligned {args.model_b} to {args.model_a}: permutations {sizes}")
     print(f"functional equivalence: the aligned B computes the same function as B "
@@ -86,6 +123,12 @@ def register(sub) -> None:
     p.add_argument("--aligner", required=True, help="trained Deep-Align file (best.pt)")
     p.add_argument("--out", required=True, help="where to write the aligned B")
     p.add_argument("--merge", help="also write the midpoint (A + aligned B) / 2 here")
+    p.add_argument("--correction", choices=("reset_bn", "repair"),
+                   help="correct the merged model: re-estimate its BatchNorm statistics, or "
+                        "REPAIR its hidden channels' statistics (Jordan et al., ICLR 2023)")
+    p.add_argument("--data", help="inputs for --correction: a data set name (1000 of its "
+                                  "training images) or a file holding a tensor or (x, y) "
+                                  "(default: the aligner's data set)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="refine with N steps of Sinkhorn re-basin (Deep-Align+Sinkhorn)")
     p.add_argument("--dataset", help="data set for the refinement and the equivalence check "

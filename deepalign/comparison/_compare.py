@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from deepalign.comparison._methods import LABELS, METHODS, AlignmentTask, run_method
+from deepalign.comparison._methods import (CORRECTION_LABELS, LABELS, METHODS, AlignmentTask,
+                                           run_method)
 from deepalign.evaluation import BarrierResult
 
 
@@ -22,40 +23,56 @@ class MethodResult:
         Per-pair barrier and AUC, shape (P,) (clipped at 0; Navon et al. §6), and the test
         loss along the linear path from A (lambda 0) to aligned B (lambda 1), shape (P, L).
     seconds_per_pair : float
+        Time to align (a correction's time is not counted: it is part of merging).
+    correction : {None, "reset_bn", "repair"}
+        Applied to every network on the path before it was scored.
     """
     name: str
     curve: BarrierResult
     seconds_per_pair: float
+    correction: str | None = None
 
     @property
     def label(self) -> str:
-        return LABELS[self.name]
+        return LABELS[self.name] + CORRECTION_LABELS[self.correction]
 
     def summary(self) -> dict:
         """JSON-ready means, standard deviations and the mean curve."""
         c = self.curve
         std = (lambda t: float(t.std())) if c.barrier.numel() > 1 else (lambda t: 0.0)
-        return {"method": self.name, "label": self.label,
-                "barrier_mean": float(c.barrier.mean()), "barrier_std": std(c.barrier),
-                "auc_mean": float(c.auc.mean()), "auc_std": std(c.auc),
-                "seconds_per_pair": self.seconds_per_pair,
-                "lambdas": c.lambdas.tolist(), "mean_loss": c.losses.mean(0).tolist(),
-                "barrier": c.barrier.tolist(), "auc": c.auc.tolist()}
+        out = {"method": self.name, "label": self.label, "correction": self.correction,
+               "barrier_mean": float(c.barrier.mean()), "barrier_std": std(c.barrier),
+               "auc_mean": float(c.auc.mean()), "auc_std": std(c.auc),
+               "seconds_per_pair": self.seconds_per_pair,
+               "lambdas": c.lambdas.tolist(), "mean_loss": c.losses.mean(0).tolist(),
+               "barrier": c.barrier.tolist(), "auc": c.auc.tolist()}
+        if c.acc_barrier is not None:
+            out.update({"acc_barrier_mean": float(c.acc_barrier.mean()),
+                        "acc_barrier_std": std(c.acc_barrier),
+                        "mean_accuracy": c.accuracies.mean(0).tolist(),
+                        "acc_barrier": c.acc_barrier.tolist()})
+        return out
 
 
 def compare_methods(task: AlignmentTask, test_data: tuple, methods: Sequence[str] = METHODS,
-                    n_points: int = 25) -> list:
+                    n_points: int = 25, corrections: Sequence = (None,)) -> list:
     """Run ``methods`` on the task's pairs and measure each on ``test_data``.
 
     Every method sees the same pairs; barriers are computed for all pairs at once
-    (``deepalign.loss_barrier``). Returns a list of :class:`MethodResult` in ``methods`` order.
+    (``deepalign.loss_barrier``), once per entry of ``corrections`` (None, "reset_bn",
+    "repair"; measured on ``task.correction_data``). Returns a list of :class:`MethodResult`,
+    method by method in ``methods`` order, each with its ``corrections`` in order.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"methods must be among {METHODS}, got {unknown}")
+    wrong = [c for c in corrections if c not in CORRECTION_LABELS]
+    if wrong:
+        raise ValueError(f"corrections must be among {list(CORRECTION_LABELS)}, got {wrong}")
     results = []
     for name in methods:
         perms, seconds = run_method(task, name)
-        curve = task.barrier(perms, test_data, n_points)
-        results.append(MethodResult(name, curve, seconds / task.n_pairs))
+        for correction in corrections:
+            curve = task.barrier(perms, test_data, n_points, correction)
+            results.append(MethodResult(name, curve, seconds / task.n_pairs, correction))
     return results

@@ -20,6 +20,8 @@ LABELS = {"naive": "Naive", "weight_matching": "Weight matching",
           "activation_matching": "Activation matching", "sinkhorn": "Sinkhorn re-basin",
           "wm_sinkhorn": "WM + Sinkhorn", "deep_align": "Deep-Align",
           "deep_align_sinkhorn": "Deep-Align + Sinkhorn"}
+#: What a correction adds to a method's label.
+CORRECTION_LABELS = {None: "", "reset_bn": " + BN reset", "repair": " + REPAIR"}
 
 
 @dataclass
@@ -48,6 +50,8 @@ class AlignmentTask:
     targets_per_pair : bool
         ``train_data`` and test data are ``(x, y)`` with ``y`` (P, N, ...): each pair's own
         targets (INR pairs: two fits of one image, scored against that image).
+    correction_data : Tensor, optional
+        Inputs that corrections (REPAIR, BN reset) measure statistics on.
     """
     model: torch.nn.Module
     spec: PermutationSpec
@@ -61,6 +65,7 @@ class AlignmentTask:
     record_steps: tuple = ()
     loss_fn: object = None
     targets_per_pair: bool = False
+    correction_data: object = None
     trajectories: dict = field(default_factory=dict, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -68,11 +73,14 @@ class AlignmentTask:
     def n_pairs(self) -> int:
         return next(iter(self.sd_a.values())).shape[0]
 
-    def barrier(self, perms: Mapping, test_data, n_points: int = 25):
-        """``loss_barrier`` between A and B aligned by ``perms``, for every pair at once."""
+    def barrier(self, perms: Mapping, test_data, n_points: int = 25,
+                correction: str | None = None):
+        """``loss_barrier`` between A and B aligned by ``perms``, for every pair at once,
+        with ``correction`` (None, "reset_bn" or "repair") on ``correction_data``."""
         return loss_barrier(self.model, self.sd_a, permute(self.sd_b, self.spec, perms),
                             test_data, n_points=n_points, loss_fn=self.loss_fn,
-                            targets_per_pair=self.targets_per_pair)
+                            targets_per_pair=self.targets_per_pair, correction=correction,
+                            correction_data=self.correction_data if correction else None)
 
 
 def _refine(task: AlignmentTask, name: str, init: Mapping | None) -> dict:

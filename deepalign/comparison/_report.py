@@ -9,14 +9,21 @@ from deepalign.evaluation import plot_barrier_curves
 
 
 def format_table(results: Sequence, title: str | None = None) -> str:
-    """Markdown table: barrier and AUC (mean ± std over pairs) and seconds per pair."""
+    """Markdown table: barrier and AUC (mean ± std over pairs), the accuracy barrier in points
+    (classifiers), and seconds per pair."""
     n = results[0].curve.barrier.numel() if results else 0
+    accuracy = any(r.curve.acc_barrier is not None for r in results)
     lines = [f"### {title}", ""] if title else []
-    lines += [f"| method ({n} pairs) | barrier ↓ | AUC ↓ | s / pair ↓ |", "|---|---|---|---|"]
+    lines += [f"| method ({n} pairs) | barrier ↓ | AUC ↓ |" + (" acc. barrier (points) ↓ |"
+                                                             if accuracy else "")
+              + " s / pair ↓ |", "|---|---|---|" + ("---|" if accuracy else "") + "---|"]
     for r in results:
         s = r.summary()
+        acc = (f" {100 * s['acc_barrier_mean']:.2f} ± {100 * s['acc_barrier_std']:.2f} |"
+               if "acc_barrier_mean" in s else " – |") if accuracy else ""
         lines.append(f"| {s['label']} | {s['barrier_mean']:.4f} ± {s['barrier_std']:.4f} | "
-                     f"{s['auc_mean']:.4f} ± {s['auc_std']:.4f} | {s['seconds_per_pair']:.4g} |")
+                     f"{s['auc_mean']:.4f} ± {s['auc_std']:.4f} |{acc} "
+                     f"{s['seconds_per_pair']:.4g} |")
     return "\n".join(lines)
 
 

@@ -25,12 +25,19 @@ class BarrierResult:
         Mean loss of ``(1 - lambda) A + lambda B`` over the data.
     psi : Tensor, shape (L,) or (B, L)
         ``losses`` minus the straight line between the endpoint losses.
+    accuracies : Tensor, shape (L,) or (B, L), or None
+        Classification accuracy along the path (targets that are class indices only).
+    acc_barrier : Tensor, shape () or (B,), or None
+        Largest drop of accuracy below the straight line between the endpoint accuracies,
+        clipped at 0: the accuracy barrier (a fraction; 0.05 is 5 points).
     """
     barrier: torch.Tensor
     auc: torch.Tensor
     lambdas: torch.Tensor
     losses: torch.Tensor
     psi: torch.Tensor
+    accuracies: torch.Tensor | None = None
+    acc_barrier: torch.Tensor | None = None
 
 
 def default_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -53,13 +60,19 @@ def per_sample_loss(loss_fn, out: torch.Tensor, y) -> torch.Tensor:
 
 
 def path_losses(model: torch.nn.Module, stacked: Mapping, data, loss_fn: Callable,
-                batch_size: int | None, pair_of: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean per-sample loss of each of M stacked weight sets over ``data``; float64 (M,).
+                batch_size: int | None, pair_of: torch.Tensor | None = None) -> tuple:
+    """Mean per-sample loss and accuracy of each of M stacked weight sets over ``data``.
 
     ``pair_of`` (M,): with per-pair targets (``y`` of shape (pairs, N, ...)), network ``m``
     is scored against ``y[pair_of[m]]``; otherwise all networks share ``y``.
+
+    Returns
+    -------
+    losses : Tensor, shape (M,), float64
+    accuracies : Tensor, shape (M,), float64, or None
+        When the outputs are logits (N, C) and the targets class indices (N,).
     """
-    total, count = None, 0
+    total, count, correct = None, 0, None
     for x, y in iter_batches(data, batch_size, targets_per_pair=pair_of is not None):
         with torch.no_grad():
             out = forward_eval(model, stacked, x)  # (M, n, ...)
@@ -73,9 +86,13 @@ def path_losses(model: torch.nn.Module, stacked: Mapping, data, loss_fn: Callabl
         losses = per_sample_loss(loss_fn, flat, target).reshape(out.shape[0], -1).double()
         total = losses.sum(1) if total is None else total + losses.sum(1)
         count += losses.shape[1]
+        if target is not None and flat.dim() == 2 and target.dim() == 1 and \
+                not target.is_floating_point():
+            hits = (flat.argmax(1) == target).reshape(out.shape[0], -1).sum(1).double()
+            correct = hits if correct is None else correct + hits
     if total is None or count == 0:
         raise ValueError("data is empty")
-    return total / count
+    return total / count, None if correct is None else correct / count
 
 
 def barrier_from_losses(losses: torch.Tensor, lambdas: torch.Tensor) -> tuple:
@@ -95,12 +112,13 @@ def barrier_from_losses(losses: torch.Tensor, lambdas: torch.Tensor) -> tuple:
 def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
                  n_points: int = 25, loss_fn: Callable | None = None,
                  batch_size: int | None = 1024, chunk_size: int | None = 512,
-                 progress: bool = False, targets_per_pair: bool = False) -> BarrierResult:
-    """Loss barrier and AUC between A and (aligned) B, for one pair or many pairs at once.
+                 progress: bool = False, targets_per_pair: bool = False,
+                 correction: str | None = None, correction_data=None) -> BarrierResult:
+    """Loss (and accuracy) barrier and AUC between A and (aligned) B, for one or many pairs.
 
     All ``B * n_points`` interpolated networks run through one vmapped functional forward
-    (``chunk_size`` at a time), in eval mode: BatchNorm uses the interpolated running
-    statistics (no BN reset).
+    (``chunk_size`` at a time), in eval mode: without a correction, BatchNorm uses the
+    interpolated running statistics.
 
     Parameters
     ----------
@@ -123,6 +141,12 @@ def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
         ``data`` is ``(x, y)`` with ``y`` of shape (B, N, ...): pair ``b``'s own targets for the
         shared inputs ``x`` (N, ...), e.g. the image that the two INRs of pair ``b`` fit
         (use ``loss_fn=squared_error``).
+    correction : {None, "reset_bn", "repair"}
+        Applied to every network on the path, endpoints included (``deepalign.reset_bn``,
+        ``deepalign.repair``), before it is scored.
+    correction_data : Tensor x, pair (x, y) or iterable of batches
+        The data the correction measures statistics on (e.g. training images, not ``data``);
+        required with a correction.
 
     Returns
     -------
@@ -138,6 +162,7 @@ def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
         raise ValueError(f"data: targets_per_pair needs y of shape ({width}, N, ...) for "
                          f"{width} pairs, got {tuple(data[1].shape)}")
     lambdas = torch.linspace(0, 1, n_points, dtype=torch.float64)
+    correct = _prepare_correction(model, correction, correction_data, a, b)
     # network m is pair m // n_points at lambda index m % n_points
     total = width * n_points
     step = max(1, min(chunk_size or total, total))
@@ -152,10 +177,30 @@ def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
                 stacked[key] = torch.lerp(va[pair], b[key][pair], w)
             else:
                 stacked[key] = va[pair]
+        if correct is not None:
+            lam = lambdas[point]
+            stacked = correct(stacked, pair, torch.stack([1 - lam, lam], 1))
         losses.append(path_losses(model, stacked, data, loss_fn, batch_size,
                                   pair if targets_per_pair else None))
-    curve = torch.cat(losses).reshape(width, n_points)
+    curve = torch.cat([loss for loss, _ in losses]).reshape(width, n_points)
     barrier, auc, psi = barrier_from_losses(curve, lambdas)
+    acc = acc_barrier = None
+    if losses[0][1] is not None:
+        acc = torch.cat([a for _, a in losses]).reshape(width, n_points)
+        acc_barrier = barrier_from_losses(-acc, lambdas)[0]
+    result = BarrierResult(barrier, auc, lambdas, curve, psi, acc, acc_barrier)
     if batch is None:
-        return BarrierResult(barrier[0], auc[0], lambdas, curve[0], psi[0])
-    return BarrierResult(barrier, auc, lambdas, curve, psi)
+        return BarrierResult(*(None if v is None else v if v is lambdas else v[0]
+                               for v in vars(result).values()))
+    return result
+
+
+def _prepare_correction(model, correction, correction_data, a, b):
+    if correction is None:
+        return None
+    from deepalign.correction import Correction  # the correction module builds on this one
+
+    if correction_data is None:
+        raise ValueError(f"correction={correction!r} needs correction_data (e.g. training "
+                         "inputs) to measure statistics on")
+    return Correction(correction, model, correction_data, (a, b))

@@ -69,10 +69,15 @@ class TracedPermutations:
     sites : dict of str to list of (str, int)
         Per permutation: the graph nodes whose output carries it un-blocked on the given axis
         and feeds a feature-mixing layer (the activations activation matching compares).
+    layers : list of (str, str, str or None, int)
+        Every ``Linear``, convolution and normalisation call in execution order, as
+        ``(node name, module path, perm on its output or None, channel axis)``: where
+        per-channel statistics of a hidden layer can be read and corrected (REPAIR).
     """
     spec: PermutationSpec
     graph_module: torch.fx.GraphModule
     sites: dict
+    layers: list
 
 
 class _Tracer:
@@ -85,6 +90,7 @@ class _Tracer:
         self.labels: dict = {}
         self.axes: dict = {}  # state_dict key -> list of groups per axis (None: unpermuted)
         self.readers: list = []  # (node, label) of activations read by a mixing layer
+        self.layers: list = []  # nodes of Linear / conv / norm calls, in execution order
 
     # union-find --------------------------------------------------------------------------
     def new_group(self, size: int, origin: str) -> int:
@@ -240,6 +246,8 @@ class _Tracer:
         name, module = node.target, self.modules[node.target]
         rank = len(self.shape(node.all_input_nodes[0]))
         group_in = None if lab is None else lab.group
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm) + _NORM_MODULES):
+            self.layers.append(node)
         if isinstance(module, nn.Linear):
             if lab is not None and lab.axis != rank - 1:
                 self.unsupported(node, "Linear on a tensor permuted on another axis than last")
@@ -344,4 +352,9 @@ def trace_permutations(model: nn.Module, example_input) -> TracedPermutations:
         perm = name_of(lab.group)
         if perm is not None and lab.block == 1 and (node.name, lab.axis) not in sites.get(perm, []):
             sites.setdefault(perm, []).append((node.name, lab.axis))
-    return TracedPermutations(spec, gm, sites)
+    layers = []
+    for node in tracer.layers:
+        lab = tracer.label(node)
+        layers.append((node.name, node.target, None if lab is None else name_of(lab.group),
+                       len(tracer.shape(node)) - 1 if lab is None else lab.axis))
+    return TracedPermutations(spec, gm, sites, layers)
