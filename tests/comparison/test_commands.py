@@ -122,3 +122,44 @@ def test_deep_align_start_seeds_sinkhorn_with_logits_that_round_to_its_perms(zoo
         assert torch.equal(linear_assignment(init[name], maximize=True), p)
         torch.testing.assert_close(init[name].std(dim=(-2, -1)),
                                    torch.full((3,), INIT_STD), rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_measures_each_method_with_each_correction(zoo_and_aligner, tmp_path):
+    zoo, _, _ = zoo_and_aligner
+    methods = ["naive", "weight_matching"]
+    results, paths = evaluate_zoo(zoo.path, None, str(tmp_path), n_pairs=3, n_points=5,
+                                  methods=methods, progress=False,
+                                  corrections=[None, "repair"], correction_samples=200)
+    assert [(r.name, r.correction) for r in results] == [
+        ("naive", None), ("naive", "repair"), ("weight_matching", None),
+        ("weight_matching", "repair")]
+    assert [r.label for r in results][-1] == "Weight matching + REPAIR"
+    assert not torch.equal(results[2].curve.barrier, results[3].curve.barrier)
+    table = open(paths["table"]).read()
+    assert "acc. barrier (points)" in table and "| Naive + REPAIR |" in table
+    report = json.load(open(paths["json"]))
+    assert report["correction_samples"] == 200
+    assert all(0 <= m["acc_barrier_mean"] <= 1 for m in report["methods"])
+
+
+def test_align_writes_a_repaired_merge(zoo_and_aligner, tmp_path):
+    from deepalign import repair
+    from deepalign.cli._align import correction_data
+
+    zoo, aligner, _ = zoo_and_aligner
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    save_state_dict(zoo.state_dict(0), a)
+    save_state_dict(zoo.state_dict(1), b)
+    x = load_dataset("digits").X_train[:300]
+    torch.save(x, tmp_path / "x.pt")
+    align_files(a, b, aligner, str(tmp_path / "b_aligned.pt"), merge=str(tmp_path / "m.pt"),
+                correction="repair", data_source=str(tmp_path / "x.pt"))
+    aligned = load_state_dict(tmp_path / "b_aligned.pt")
+    expected = repair(zoo.build_model(), zoo.state_dict(0), aligned, 0.5, x)
+    got = load_state_dict(tmp_path / "m.pt")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key])
+    assert correction_data("digits", samples=50).shape == (50, 1, 8, 8)
+    with pytest.raises(SystemExit, match="--data must name a data set"):
+        align_files(a, b, aligner, str(tmp_path / "o.pt"), merge=str(tmp_path / "m2.pt"),
+                    correction="repair", data_source=str(tmp_path / "missing.pt"))
