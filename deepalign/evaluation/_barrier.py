@@ -162,7 +162,7 @@ def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
         raise ValueError(f"data: targets_per_pair needs y of shape ({width}, N, ...) for "
                          f"{width} pairs, got {tuple(data[1].shape)}")
     lambdas = torch.linspace(0, 1, n_points, dtype=torch.float64)
-    correct = _prepare_correction(model, correction, correction_data, a, b)
+    corrector = _prepare_correction(model, correction, correction_data, a, b)
     # network m is pair m // n_points at lambda index m % n_points
     total = width * n_points
     step = max(1, min(chunk_size or total, total))
@@ -177,20 +177,21 @@ def loss_barrier(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, data,
                 stacked[key] = torch.lerp(va[pair], b[key][pair], w)
             else:
                 stacked[key] = va[pair]
-        if correct is not None:
+        if corrector is not None:
             lam = lambdas[point]
-            stacked = correct(stacked, pair, torch.stack([1 - lam, lam], 1))
+            stacked = corrector(stacked, pair, torch.stack([1 - lam, lam], 1))
         losses.append(path_losses(model, stacked, data, loss_fn, batch_size,
                                   pair if targets_per_pair else None))
     curve = torch.cat([loss for loss, _ in losses]).reshape(width, n_points)
     barrier, auc, psi = barrier_from_losses(curve, lambdas)
     acc = acc_barrier = None
     if losses[0][1] is not None:
-        acc = torch.cat([a for _, a in losses]).reshape(width, n_points)
+        acc = torch.cat([hits for _, hits in losses]).reshape(width, n_points)
         acc_barrier = barrier_from_losses(-acc, lambdas)[0]
     result = BarrierResult(barrier, auc, lambdas, curve, psi, acc, acc_barrier)
     if batch is None:
-        return BarrierResult(*(None if v is None else v if v is lambdas else v[0]
+        # one pair: drop the pair axis of every per-pair field
+        return BarrierResult(*(v if v is None or v is lambdas else v[0]
                                for v in vars(result).values()))
     return result
 
