@@ -15,6 +15,25 @@ def _check_same_architecture(sd_a: dict, sd_b: dict, name_a: str, name_b: str) -
                              f"{tuple(sd_a[key].shape)} vs {tuple(sd_b[key].shape)}")
 
 
+def architecture_names(state_dict: dict, model: torch.nn.Module, path) -> tuple:
+    """``state_dict`` under ``model``'s parameter names, and ``{model name: file name}``.
+
+    An aligner binds to an architecture, not to one naming of its parameters: a file whose
+    names differ (``seq.0.weight`` where a zoo import wrote ``layers.0.weight``) is matched
+    entry by entry in order, when every shape agrees.
+    """
+    expected = model.state_dict()
+    if state_dict.keys() == expected.keys():
+        return state_dict, {k: k for k in state_dict}
+    shapes = [tuple(v.shape) for v in state_dict.values()]
+    if shapes != [tuple(v.shape) for v in expected.values()]:
+        raise ValueError(f"{path}: its entries {list(state_dict)[:4]}... with shapes "
+                         f"{shapes[:4]}... match the architecture's "
+                         f"{list(expected)[:4]}... neither by name nor in order")
+    names = dict(zip(expected, state_dict))
+    return {k: state_dict[f] for k, f in names.items()}, names
+
+
 def correction_data(source: str, samples: int = 1000, seed: int = 0) -> torch.Tensor:
     """Inputs a correction measures on: ``samples`` training images of a data set named
     ``source``, or the tensor (or the x of an (x, y) pair) saved in the file ``source``."""
@@ -39,7 +58,8 @@ def correction_data(source: str, samples: int = 1000, seed: int = 0) -> torch.Te
 def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int = 0,
                 dataset=None, seed: int = 0, correction=None, data_source=None) -> dict:
     """Align the network in ``path_b`` to the one in ``path_a``; write it (and the midpoint,
-    corrected with ``correction`` measured on ``data_source`` if given).
+    corrected with ``correction`` measured on ``data_source`` if given) under the names of
+    ``path_b``'s entries.
 
     Returns a summary: the perms' sizes, the largest output change of the permutation (it must
     be rounding), and the paths written.
@@ -64,6 +84,8 @@ def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int
         model = build_model(config)
         example = example_input(config)
         spec = PermutationSpec.from_module(model, example)
+        sd_a, _ = architecture_names(sd_a, model, path_a)
+        sd_b, file_names = architecture_names(sd_b, model, path_b)
         aligner.check_compatible(spec, sd_a)
     except (ValueError, KeyError) as exc:
         raise SystemExit(f"deepalign align: the aligner {aligner_path} does not fit these "
@@ -82,7 +104,7 @@ def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int
         raise SystemExit(f"deepalign align: the permuted B does NOT compute B's function "
                          f"({exc}); nothing written") from exc
     aligned = permute(sd_b, spec, perms)
-    save_state_dict(aligned, out)
+    save_state_dict({file_names[k]: v for k, v in aligned.items()}, out)
     written = [out]
     if merge:
         if correction:
@@ -97,7 +119,7 @@ def align_files(path_a, path_b, aligner_path, out, merge=None, refine_steps: int
                 raise SystemExit(f"deepalign align: {correction}: {exc}") from exc
         else:
             merged = interpolate(sd_a, aligned, 0.5)
-        save_state_dict(merged, merge)
+        save_state_dict({file_names[k]: v for k, v in merged.items()}, merge)
         written.append(merge)
     return {"perm_sizes": {k: int(v.shape[-1]) for k, v in perms.items()},
             "max_output_change": gap, "written": written}

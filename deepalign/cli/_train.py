@@ -12,7 +12,22 @@ _ENCODER_FLAGS = {"hidden": ("hidden", int), "n_hidden": ("n_hidden", int),
                   "downsample": ("downsample", int), "encoder_dropout": ("dropout", float)}
 
 
+#: ``--time-limit`` without ``--steps``: the clock alone ends the run
+UNBOUNDED_STEPS = 10 ** 9
+
+
+def _steps_for_time_limit(args) -> None:
+    """A time-limited run trains until its limit, not until the default step count."""
+    if not args.time_limit or args.steps is not None:
+        return
+    if args.lr_schedule == "cosine":
+        raise SystemExit("deepalign train: --lr-schedule cosine decays to 0 at --steps: give "
+                         "--steps with --time-limit (the steps that fit in the time)")
+    args.steps = UNBOUNDED_STEPS
+
+
 def _run(args) -> int:
+    _steps_for_time_limit(args)
     overrides = {field: getattr(args, flag) for flag, (field, _) in _ENCODER_FLAGS.items()
                  if getattr(args, flag) is not None}
     train_fields = {f.name for f in fields(TrainConfig)} - {"augmentation"}

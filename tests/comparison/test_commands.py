@@ -163,3 +163,28 @@ def test_align_writes_a_repaired_merge(zoo_and_aligner, tmp_path):
     with pytest.raises(SystemExit, match="--data must name a data set"):
         align_files(a, b, aligner, str(tmp_path / "o.pt"), merge=str(tmp_path / "m2.pt"),
                     correction="repair", data_source=str(tmp_path / "missing.pt"))
+
+
+def test_align_takes_the_users_own_parameter_names(zoo_and_aligner, tmp_path):
+    """Files as users save them (seq.0.weight ...), not as the zoo import renamed them."""
+    zoo, aligner, _ = zoo_and_aligner
+    rename = {k: k.replace("layers.", "seq.") for k in zoo.state_dict(0)}
+    for i, name in ((0, "a.pt"), (1, "b.pt")):
+        save_state_dict({rename[k]: v for k, v in zoo.state_dict(i).items()}, tmp_path / name)
+    align_files(tmp_path / "a.pt", tmp_path / "b.pt", aligner, str(tmp_path / "out.pt"),
+                merge=str(tmp_path / "m.pt"))
+    perms = DeepAlign.load(aligner).eval().align(zoo.state_dict(0), zoo.state_dict(1))
+    spec = PermutationSpec.from_module(zoo.build_model(), torch.zeros(1, 1, 8, 8))
+    expected = permute(zoo.state_dict(1), spec, perms)
+    got = load_state_dict(tmp_path / "out.pt")
+    assert set(got) == set(rename.values())
+    for key in expected:
+        torch.testing.assert_close(got[rename[key]], expected[key])
+    assert set(load_state_dict(tmp_path / "m.pt")) == set(rename.values())
+    # entries that match neither by name nor by shape are still refused
+    for i, name in ((0, "short_a.pt"), (1, "short_b.pt")):
+        save_state_dict({rename[k]: v for k, v in zoo.state_dict(i).items()
+                         if k != "layers.2.bias"}, tmp_path / name)
+    with pytest.raises(SystemExit, match="neither by name nor in order"):
+        align_files(tmp_path / "short_a.pt", tmp_path / "short_b.pt", aligner,
+                    str(tmp_path / "x.pt"))

@@ -91,6 +91,23 @@ def test_cli_train_runs(zoo, tmp_path, capsys):
     assert "parameter aligner" in capsys.readouterr().out
 
 
+def test_a_time_limit_without_steps_trains_until_the_clock():
+    from argparse import Namespace
+
+    from deepalign.cli._train import UNBOUNDED_STEPS, _steps_for_time_limit
+
+    args = Namespace(time_limit=30.0, steps=None, lr_schedule=None)
+    _steps_for_time_limit(args)
+    assert args.steps == UNBOUNDED_STEPS  # not the default 1,500, which stopped runs early
+    for given in (Namespace(time_limit=30.0, steps=200, lr_schedule="cosine"),
+                  Namespace(time_limit=None, steps=None, lr_schedule=None)):
+        before = given.steps
+        _steps_for_time_limit(given)
+        assert given.steps == before
+    with pytest.raises(SystemExit, match="give --steps with --time-limit"):
+        _steps_for_time_limit(Namespace(time_limit=5.0, steps=None, lr_schedule="cosine"))
+
+
 def test_aligner_from_zoo_fits_its_networks(zoo):
     aligner = DeepAlign.from_zoo(zoo, **TINY).eval()
     perms = aligner.align(zoo.stacked([0, 1]), zoo.stacked([2, 3]))
