@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from deepalign.data import ImageDataset
+from deepalign.evaluation._forward import eval_mode
 from deepalign.models import batched_forward, build_model
 from deepalign.zoo._optim import StackedAdamW
 
@@ -96,7 +97,9 @@ def _init(config: dict, seeds: list) -> tuple:
 @torch.no_grad()
 def evaluate_classifiers(model, stacked: dict, X: torch.Tensor, y: torch.Tensor,
                          chunk: int = 1000) -> tuple:
-    """Mean cross-entropy and accuracy of every model on ``(X, y)``.
+    """Mean cross-entropy and accuracy of every model on ``(X, y)``, in eval mode.
+
+    BatchNorm uses the stacked running statistics, which stay unchanged.
 
     Returns
     -------
@@ -105,7 +108,8 @@ def evaluate_classifiers(model, stacked: dict, X: torch.Tensor, y: torch.Tensor,
     B = next(iter(stacked.values())).shape[0]
     loss, correct = torch.zeros(B, dtype=torch.float64), torch.zeros(B, dtype=torch.float64)
     for start in range(0, len(y), chunk):
-        scores = batched_forward(model, stacked, X[start:start + chunk]).transpose(1, 2)
+        with eval_mode(model):
+            scores = batched_forward(model, stacked, X[start:start + chunk]).transpose(1, 2)
         target = y[start:start + chunk].expand(B, -1)  # scores: (B, classes, n)
         loss += F.cross_entropy(scores, target, reduction="none").sum(1).double()
         correct += (scores.argmax(1) == target).sum(1).double()
@@ -117,7 +121,8 @@ def fit(config: dict, seeds: list, settings: TrainSettings, X: torch.Tensor, Y: 
     """Train one model per seed on samples ``(X[i], Y[i])`` (or ``Y[b, i]``), all at once.
 
     Each epoch, every model visits the ``n`` samples in its own random order, ``batch_size``
-    per step.
+    per step. AdamW updates the parameters only; the forward runs in train mode, so BatchNorm
+    normalises with batch statistics and updates the running statistics (buffers) itself.
 
     Parameters
     ----------
@@ -140,13 +145,18 @@ def fit(config: dict, seeds: list, settings: TrainSettings, X: torch.Tensor, Y: 
     -------
     model : nn.Module
         The architecture (for :func:`batched_forward`).
-    stacked : dict of str to Tensor, each shape (B, *param_shape)
+    stacked : dict of str to Tensor, each shape (B, *shape)
+        The full stacked state dict: parameters and buffers.
     hparams : list of (lr, weight_decay)
     """
     model, stacked, generators = _init(config, seeds)
+    model.train()
     hparams = [settings.sample(g) for g in generators]
-    opt = StackedAdamW(stacked, torch.tensor([h[0] for h in hparams]),
+    names = {name for name, _ in model.named_parameters()}
+    opt = StackedAdamW({k: v for k, v in stacked.items() if k in names},
+                       torch.tensor([h[0] for h in hparams]),
                        torch.tensor([h[1] for h in hparams]))
+    buffers = {k: v.clone() for k, v in stacked.items() if k not in names}
     B, n = len(seeds), X.shape[0]
     rows = torch.arange(B).unsqueeze(1)
     # One buffer for every step's inputs: a fresh (B, batch, ...) tensor is tens of MB, which
@@ -156,8 +166,8 @@ def fit(config: dict, seeds: list, settings: TrainSettings, X: torch.Tensor, Y: 
         order = torch.stack([torch.randperm(n, generator=g) for g in generators])  # (B, n)
         for idx in order.split(settings.batch_size, dim=1):
             x = torch.index_select(X, 0, idx.flatten(), out=batch[:idx.numel()])
-            out = batched_forward(model, opt.params(), x.view(*idx.shape, *X.shape[1:]),
-                                  per_model_inputs=True)
+            out = batched_forward(model, {**opt.params(), **buffers},
+                                  x.view(*idx.shape, *X.shape[1:]), per_model_inputs=True)
             opt.step(loss_fn(out, Y[rows, idx] if per_model_targets else Y[idx]))
         bad = opt.diverged()
         if bad:
@@ -166,7 +176,8 @@ def fit(config: dict, seeds: list, settings: TrainSettings, X: torch.Tensor, Y: 
                                      f"{[round(hparams[i][0], 6) for i in bad][:5]}; lower the lr")
         if on_epoch is not None:
             on_epoch(len(seeds))
-    return model, opt.state_dict(), hparams
+    trained = {**opt.state_dict(), **buffers}
+    return model, {k: trained[k] for k in stacked}, hparams
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
