@@ -67,7 +67,7 @@ def _run_train(args) -> int:
     data = load_dataset(args.dataset, root=args.data_root)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr or _DEFAULT_LR[args.arch],
-                             weight_decay=args.weight_decay)
+                             weight_decay=args.weight_decay, schedule=args.lr_schedule)
     zoo = train_zoo(args.out, args.dataset, _arch(args, data), args.count, settings,
                     seed=args.seed, chunk_size=args.chunk_size, shard=parse_shard(args.shard),
                     val=args.val, test=args.test, views=args.views, data_root=args.data_root,
@@ -118,6 +118,8 @@ def register(sub) -> None:
     p.add_argument("--lr", type=_range, default=None,
                    help="AdamW learning rate, or lo:hi drawn log-uniformly per model "
                         "(default: 3e-3 for cnn and resnet, 1e-3 otherwise)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate over the training steps: constant, or cosine decay to 0")
     p.add_argument("--weight-decay", type=_range, default=(0.0, 0.0),
                    help="decoupled weight decay, or lo:hi drawn uniformly per model")
     p.add_argument("--seed", type=int, default=0, help="fixes every random choice")

@@ -52,14 +52,20 @@ class TrainSettings:
         AdamW learning rate, or a range it is drawn from log-uniformly per model.
     weight_decay : float or (float, float)
         Decoupled weight decay, or a range it is drawn from uniformly per model.
+    schedule : {"constant", "cosine"}
+        Learning rate over the steps ``t = 0 .. T-1``: constant, or ``lr (1 + cos(pi t / T)) / 2``
+        (the decay of the weight decay follows, as in ``torch.optim.AdamW`` under a scheduler).
     """
 
     epochs: int = 20
     batch_size: int = 64
     lr: tuple = (1e-3, 1e-3)
     weight_decay: tuple = (0.0, 0.0)
+    schedule: str = "constant"
 
     def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if int(self.epochs) < 1 or int(self.batch_size) < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, "
                              f"{self.batch_size}")
@@ -70,8 +76,16 @@ class TrainSettings:
                            _check_range("weight_decay", self.weight_decay, 0.0))
 
     def to_json(self) -> dict:
-        """The settings as plain JSON (ranges become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The settings as plain JSON (ranges become lists; a constant schedule is left out, so
+        zoos made before schedules existed keep their header)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if (k, v) != ("schedule", "constant")}
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """The schedule's multiplier of the learning rate at ``step`` of ``total``."""
+        if self.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * step / total))
 
     def sample(self, generator: torch.Generator) -> tuple:
         """Draw one model's ``(lr, weight_decay)``."""
@@ -162,13 +176,16 @@ def fit(config: dict, seeds: list, settings: TrainSettings, X: torch.Tensor, Y: 
     # One buffer for every step's inputs: a fresh (B, batch, ...) tensor is tens of MB, which
     # the allocator maps and page-faults anew each step (5x slower than this gather).
     batch = X.new_empty((B * min(settings.batch_size, n), *X.shape[1:]))
-    for _ in range(settings.epochs):
+    steps = settings.epochs * math.ceil(n / settings.batch_size)
+    for epoch in range(settings.epochs):
         order = torch.stack([torch.randperm(n, generator=g) for g in generators])  # (B, n)
-        for idx in order.split(settings.batch_size, dim=1):
+        for i, idx in enumerate(order.split(settings.batch_size, dim=1)):
             x = torch.index_select(X, 0, idx.flatten(), out=batch[:idx.numel()])
             out = batched_forward(model, {**opt.params(), **buffers},
                                   x.view(*idx.shape, *X.shape[1:]), per_model_inputs=True)
-            opt.step(loss_fn(out, Y[rows, idx] if per_model_targets else Y[idx]))
+            step = epoch * math.ceil(n / settings.batch_size) + i
+            opt.step(loss_fn(out, Y[rows, idx] if per_model_targets else Y[idx]),
+                     settings.lr_factor(step, steps))
         bad = opt.diverged()
         if bad:
             raise FloatingPointError(f"training diverged (non-finite weights) for seeds "

@@ -1,5 +1,7 @@
 """A tiny digits zoo (built in about a second), a simulated kill, and the one-model-at-a-time
 training oracle, shared by the zoo tests."""
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -40,10 +42,13 @@ def train_alone(arch, data, seed, settings):
     g = torch.Generator().manual_seed(seed)
     lr, wd = settings.sample(g)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, eps=1e-8)
+    total = settings.epochs * math.ceil(len(data.y_train) / settings.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: settings.lr_factor(t, total))
     for _ in range(settings.epochs):
         order = torch.randperm(len(data.y_train), generator=g)
         for idx in order.split(settings.batch_size):
             opt.zero_grad()
             F.cross_entropy(model(data.X_train[idx]), data.y_train[idx]).backward()
             opt.step()
+            schedule.step()
     return model.state_dict()

@@ -108,12 +108,14 @@ def test_alignment_and_barriers_run_a_train_mode_module_in_eval_mode(reference):
 def test_cli_trains_a_resnet_zoo(tmp_path):
     assert main(["zoo", "--dataset", "digits", "--arch", "resnet", "--depth", "8", "--width",
                  "0.25", "--stem-stride", "2", "--train-subset", "100", "--count", "1",
-                 "--epochs", "1", "--batch-size", "100", "--chunk-size", "1", "--val", "0",
+                 "--epochs", "1", "--batch-size", "50", "--lr-schedule", "cosine",
+                 "--chunk-size", "1", "--val", "0",
                  "--test", "0", "--quiet", "--out", str(tmp_path)]) == 0
     zoo = Zoo(tmp_path)
     assert zoo.config["stem_stride"] == 2 and zoo.config["width"] == 0.25
     assert zoo.manifest["training"]["train_subset"] == 100
     assert zoo.manifest["training"]["lr"] == [3e-3, 3e-3]
+    assert zoo.manifest["training"]["schedule"] == "cosine"
     assert sorted(os.listdir(tmp_path))[-1] == "models-0000000-0000001.safetensors"
 
 

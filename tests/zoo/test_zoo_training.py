@@ -83,6 +83,7 @@ def test_split_is_seeded_and_disjoint():
     (lambda p: TrainSettings(lr=(1e-2, 1e-3)), "lr"),
     (lambda p: TrainSettings(weight_decay=-1.0), "weight_decay"),
     (lambda p: TrainSettings(epochs=0), "epochs"),
+    (lambda p: TrainSettings(schedule="step"), "schedule"),
     (lambda p: split_models(10, 0, val=0.6, test=0.6), "fractions"),
 ])
 def test_bad_inputs(tmp_path, call, match):
@@ -105,12 +106,13 @@ def test_cli_trains_and_imports(tmp_path, capsys):
     assert zoo.config["hidden"] == [8] and zoo.manifest["training"]["batch_size"] == 256
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
 @pytest.mark.parametrize("lr, weight_decay", [((1e-3, 3e-3), (0.0, 1e-2)), (2e-3, 1e-2)],
                          ids=["per-model-hparams", "shared-hparams"])
-def test_batched_training_equals_training_each_model_alone(lr, weight_decay):
+def test_batched_training_equals_training_each_model_alone(lr, weight_decay, schedule):
     data = load_dataset("digits")
     arch = MLP(64, [16], 10).config
-    settings = TrainSettings(epochs=2, lr=lr, weight_decay=weight_decay)
+    settings = TrainSettings(epochs=2, lr=lr, weight_decay=weight_decay, schedule=schedule)
     stacked, _ = train_classifiers(arch, data, [11, 12, 13], settings)
     for b, seed in enumerate([11, 12, 13]):
         alone = train_alone(arch, data, seed, settings)
