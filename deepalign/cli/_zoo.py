@@ -7,7 +7,7 @@ from deepalign.zoo import TrainSettings, Zoo, import_zoo, parse_shard, plot_zoo,
 
 
 # digits CNNs, 16 models x 20 epochs: mean test accuracy 0.983 at 3e-3, 0.978 at 1e-3
-_DEFAULT_LR = {"mlp": 1e-3, "cnn": 3e-3, "siren": 1e-3}
+_DEFAULT_LR = {"mlp": 1e-3, "cnn": 3e-3, "siren": 1e-3, "resnet": 3e-3}
 
 
 def _ints(text: str) -> list:
@@ -34,6 +34,10 @@ def _arch(args, data) -> dict:
     if args.arch == "mlp":
         return {"arch": "mlp", "in_features": data.in_features, "hidden": args.hidden,
                 "out_features": data.num_classes}
+    if args.arch == "resnet":
+        return {"arch": "resnet", "in_channels": data.image_shape[0], "depth": args.depth,
+                "width": args.width, "out_features": data.num_classes,
+                "image_size": list(data.image_shape[1:]), "stem_stride": args.stem_stride}
     return {"arch": "cnn", "in_channels": data.image_shape[0], "channels": args.channels,
             "out_features": data.num_classes, "image_size": list(data.image_shape[1:]),
             "pool": args.pool}
@@ -63,11 +67,11 @@ def _run_train(args) -> int:
     data = load_dataset(args.dataset, root=args.data_root)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr or _DEFAULT_LR[args.arch],
-                             weight_decay=args.weight_decay)
+                             weight_decay=args.weight_decay, schedule=args.lr_schedule)
     zoo = train_zoo(args.out, args.dataset, _arch(args, data), args.count, settings,
                     seed=args.seed, chunk_size=args.chunk_size, shard=parse_shard(args.shard),
                     val=args.val, test=args.test, views=args.views, data_root=args.data_root,
-                    progress=not args.quiet)
+                    progress=not args.quiet, train_subset=args.train_subset)
     if zoo is None:
         print(f"{args.out}: this shard is done; the zoo completes when every shard has run")
     else:
@@ -88,8 +92,9 @@ def register(sub) -> None:
                                    "resumable zoo directory (safetensors shards + manifest.json).")
     p.add_argument("--dataset", choices=DATASETS, help="training data")
     p.add_argument("--data-root", help="directory (or file) to read the data set from")
-    p.add_argument("--arch", choices=("mlp", "cnn", "siren"), default="mlp",
-                   help="classifiers (mlp, cnn) or SIREN fits of the training images (siren)")
+    p.add_argument("--arch", choices=("mlp", "cnn", "resnet", "siren"), default="mlp",
+                   help="classifiers (mlp, cnn, resnet) or SIREN fits of the training images "
+                        "(siren)")
     p.add_argument("--hidden", type=_ints, default=[32, 32],
                    help="MLP / SIREN hidden widths, e.g. 32,32")
     p.add_argument("--views", type=int, default=1,
@@ -98,12 +103,23 @@ def register(sub) -> None:
                    help="CNN channels, e.g. 16,32,32")
     p.add_argument("--pool", type=_ints, default=None,
                    help="0-based CNN convs followed by 2x2 max-pool (default: all but the last)")
+    p.add_argument("--depth", type=int, default=8,
+                   help="ResNet depth, 6 n + 2 (n BasicBlocks per stage): 8, 14, 20, ...")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="ResNet width multiplier k: stages of 16k, 32k, 64k channels")
+    p.add_argument("--stem-stride", type=int, default=1,
+                   help="ResNet stem stride (2 quarters the cost on 28x28 images)")
+    p.add_argument("--train-subset", type=int, default=None,
+                   help="classifiers train on the first N training images only (recorded in "
+                        "the zoo, so resuming checks it)")
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=_range, default=None,
                    help="AdamW learning rate, or lo:hi drawn log-uniformly per model "
-                        "(default: 3e-3 for cnn, 1e-3 otherwise)")
+                        "(default: 3e-3 for cnn and resnet, 1e-3 otherwise)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate over the training steps: constant, or cosine decay to 0")
     p.add_argument("--weight-decay", type=_range, default=(0.0, 0.0),
                    help="decoupled weight decay, or lo:hi drawn uniformly per model")
     p.add_argument("--seed", type=int, default=0, help="fixes every random choice")

@@ -4,9 +4,10 @@ from torch import nn
 
 from deepalign.models._cnn import CNN
 from deepalign.models._mlp import MLP
+from deepalign.models._resnet import ResNet
 from deepalign.models._siren import SIREN
 
-_ARCHS = {"mlp": MLP, "cnn": CNN, "siren": SIREN}
+_ARCHS = {"mlp": MLP, "cnn": CNN, "siren": SIREN, "resnet": ResNet}
 
 
 def build_model(config: dict) -> nn.Module:
@@ -15,7 +16,7 @@ def build_model(config: dict) -> nn.Module:
     Parameters
     ----------
     config : dict
-        ``{"arch": "mlp" | "cnn" | "siren", **constructor arguments}``, exactly what a model's
+        ``{"arch": "mlp" | "cnn" | "siren" | "resnet", **constructor arguments}``, exactly what a model's
         ``config`` attribute holds (and what a zoo's manifest stores).
 
     Returns
@@ -39,12 +40,13 @@ def example_input(config: dict) -> torch.Tensor:
     """One zero input sample (batch of 1) that a model built from ``config`` accepts.
 
     What ``PermutationSpec.from_module`` traces with: (1, in_features) for MLPs and SIRENs,
-    (1, in_channels, H, W) for CNNs.
+    (1, in_channels, H, W) for CNNs and ResNets.
     """
-    keys = ("in_channels", "image_size") if config.get("arch") == "cnn" else ("in_features",)
+    image = config.get("arch") in ("cnn", "resnet")
+    keys = ("in_channels", "image_size") if image else ("in_features",)
     missing = [k for k in keys if k not in config]
     if missing:
         raise ValueError(f"config {config!r} lacks {missing}: cannot build an example input")
-    if config["arch"] == "cnn":
+    if image:
         return torch.zeros(1, config["in_channels"], *config["image_size"])
     return torch.zeros(1, config["in_features"])

@@ -6,6 +6,7 @@ from torch.func import functional_call, vmap
 
 from deepalign.models._cnn import CNN
 from deepalign.models._mlp import MLP
+from deepalign.models._resnet import ResNet
 
 
 def batched_forward(model: nn.Module, stacked_state_dict: dict, x: torch.Tensor,
@@ -13,9 +14,14 @@ def batched_forward(model: nn.Module, stacked_state_dict: dict, x: torch.Tensor,
     """Evaluate ``B`` weight sets of one architecture on inputs in one vectorised call.
 
     ``out[b] = model_with(stacked_state_dict[:][b])(x)`` via ``torch.func.functional_call``
-    under ``torch.func.vmap`` (for :class:`MLP` and :class:`CNN`, the same computation as
-    explicit batched matrix products and grouped convolutions, which are faster on CPU);
-    differentiable with respect to the stacked weights and ``x``.
+    under ``torch.func.vmap`` (for :class:`MLP`, :class:`CNN` and :class:`ResNet`, the same
+    computation as explicit batched matrix products and grouped convolutions, which are
+    faster on CPU); differentiable with respect to the stacked weights and ``x``.
+
+    BatchNorm follows ``model.training``, as each model alone would: in eval mode it uses the
+    stacked running statistics; in train mode (ResNet only) it normalises with each model's
+    batch statistics and updates the stacked ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` in place, with each BatchNorm module's ``momentum``.
 
     Parameters
     ----------
@@ -50,6 +56,8 @@ def batched_forward(model: nn.Module, stacked_state_dict: dict, x: torch.Tensor,
         return _mlp_forward(stacked_state_dict, x, len(model.layers), per_model_inputs)
     if type(model) is CNN:
         return _cnn_forward(stacked_state_dict, x, model.config, per_model_inputs)
+    if type(model) is ResNet:
+        return _resnet_forward(model, stacked_state_dict, x, per_model_inputs)
 
     def one(params, inputs):
         return functional_call(model, params, (inputs,))
@@ -96,3 +104,49 @@ def _cnn_forward(stacked: dict, x: torch.Tensor, config: dict, per_model_inputs:
     h = h.reshape(len(h), B, -1).transpose(0, 1)  # (B, N, C * h * w): each model's flatten
     return torch.baddbmm(stacked["head.bias"].unsqueeze(1), h,
                          stacked["head.weight"].transpose(1, 2))
+
+
+def _resnet_forward(model: ResNet, stacked: dict, x: torch.Tensor, per_model_inputs: bool):
+    """The ResNet as grouped convolutions in the (N, B * C, H, W) layout of :func:`_cnn_forward`.
+
+    BatchNorm over the B * C channels is each model's BatchNorm: statistics are per channel
+    over (N, H, W), and each channel block holds only its own model's samples."""
+    B = stacked["head.weight"].shape[0]
+    h = x.transpose(0, 1).flatten(1, 2) if per_model_inputs else x
+    # channels_last: oneDNN's grouped convolutions ran 1.1-1.7x faster (32 ResNet-8, CPU)
+    h = h.contiguous(memory_format=torch.channels_last)
+    h = F.relu(_conv_bn(model, stacked, h, "stem.0", "stem.1", B if per_model_inputs else 1))
+    for s, stage in enumerate(model.stages):
+        for j, block in enumerate(stage):
+            p = f"stages.{s}.{j}."
+            out = F.relu(_conv_bn(model, stacked, h, p + "conv1", p + "bn1", B))
+            out = _conv_bn(model, stacked, out, p + "conv2", p + "bn2", B)
+            if len(block.shortcut):
+                h = _conv_bn(model, stacked, h, p + "shortcut.0", p + "shortcut.1", B)
+            h = F.relu(out + h)
+    h = h.mean((2, 3)).view(len(h), B, -1).transpose(0, 1)  # (B, N, C): global average pool
+    return torch.baddbmm(stacked["head.bias"].unsqueeze(1), h,
+                         stacked["head.weight"].transpose(1, 2))
+
+
+def _conv_bn(model: nn.Module, stacked: dict, h: torch.Tensor, conv_name: str, bn_name: str,
+             groups: int) -> torch.Tensor:
+    """Bias-free convolution ``conv_name`` then BatchNorm ``bn_name`` of every model at once."""
+    conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+    h = F.conv2d(h, stacked[f"{conv_name}.weight"].flatten(0, 1), stride=conv.stride,
+                 padding=conv.padding, groups=groups)
+    mean, var = stacked[f"{bn_name}.running_mean"], stacked[f"{bn_name}.running_var"]
+    if model.training:
+        if bn.momentum is None:
+            raise ValueError(f"{bn_name}: momentum=None (a cumulative average) is not "
+                             "supported by the batched forward")
+        if not (mean.is_contiguous() and var.is_contiguous()):
+            raise ValueError(f"{bn_name}: the stacked running statistics must be contiguous "
+                             "to be updated in place")
+        stacked[f"{bn_name}.num_batches_tracked"].add_(1)
+    # In train mode view(-1) of the contiguous (B, C) buffers, so that F.batch_norm's in-place
+    # update lands in them; in eval mode they may be broadcast views, which reshape copies.
+    flat = (lambda t: t.view(-1)) if model.training else (lambda t: t.reshape(-1))
+    return F.batch_norm(h, flat(mean), flat(var), stacked[f"{bn_name}.weight"].flatten(),
+                        stacked[f"{bn_name}.bias"].flatten(), model.training, bn.momentum,
+                        bn.eps)

@@ -1,4 +1,5 @@
 """Fill a zoo directory chunk by chunk: resumable, deterministic, shardable across processes."""
+import dataclasses
 import os
 
 import numpy as np
@@ -46,17 +47,23 @@ def parse_shard(text: str) -> tuple:
 
 
 def zoo_header(arch: dict, dataset: str, count: int, seed: int, settings: TrainSettings,
-               chunk_size: int, val: float = 0.1, test: float = 0.1, views: int = 1) -> dict:
+               chunk_size: int, val: float = 0.1, test: float = 0.1, views: int = 1,
+               train_subset=None) -> dict:
     """The manifest fields that fix a zoo: everything every run and rank must agree on.
 
     INR zoos (``views`` fits per image) are split by image, so that all views of an image
-    land in the same split.
+    land in the same split. ``train_subset`` (classifiers trained on the first N training
+    images) is recorded only when set, so zoos made without it keep their header.
     """
     model = build_model(arch)
     inr = model.config["arch"] == "siren"
     if views < 1 or (views > 1 and not inr) or count % views:
         raise ValueError(f"views must be >= 1, divide count={count}, and exceed 1 only for "
                          f"SIREN zoos; got views={views} for {model.config['arch']}")
+    if train_subset is not None and (inr or int(train_subset) < 1):
+        raise ValueError(f"train_subset must be a positive number of training images, and only "
+                         f"for classifiers; got {train_subset} for {model.config['arch']}")
+    subset = {} if train_subset is None else {"train_subset": int(train_subset)}
     split = split_models(count // views, seed, val, test)
     return {"arch": model.config, "dataset": dataset, "count": int(count),
             "keys": list(model.state_dict()),
@@ -65,7 +72,7 @@ def zoo_header(arch: dict, dataset: str, count: int, seed: int, settings: TrainS
                       for k, ids in split.items()},
             "training": {"seed": int(seed), "chunk_size": int(chunk_size), "optimizer": "adamw",
                          "task": "fit-images" if inr else "classify", "views": int(views),
-                         **settings.to_json()}}
+                         **subset, **settings.to_json()}}
 
 
 def _train_chunk(header: dict, data, indices: list, settings: TrainSettings, on_epoch) -> tuple:
@@ -84,11 +91,11 @@ def _train_chunk(header: dict, data, indices: list, settings: TrainSettings, on_
 def train_zoo(out: str, dataset: str, arch: dict, count: int,
               settings: TrainSettings = TrainSettings(), seed: int = 0, chunk_size: int = 250,
               shard=(0, 1), val: float = 0.1, test: float = 0.1, views: int = 1,
-              data_root=None, progress: bool = True):
+              data_root=None, progress: bool = True, train_subset=None):
     """Train a zoo of ``count`` models into the directory ``out``.
 
-    Classifiers (MLP, CNN) learn ``dataset``; SIRENs fit its first ``count / views`` training
-    images, ``views`` independent fits each (model ``i`` fits image ``i // views``).
+    Classifiers (MLP, CNN, ResNet) learn ``dataset``; SIRENs fit its first ``count / views``
+    training images, ``views`` independent fits each (model ``i`` fits image ``i // views``).
 
     The models are trained ``chunk_size`` at a time as one batched computation; each finished
     chunk is written atomically, so re-running the same call resumes where a killed run stopped
@@ -123,6 +130,9 @@ whichever finishes last writes the complete manifest (on file systems without wo
         Passed to :func:`load_dataset`.
     progress : bool
         Show a tqdm bar (model-epochs).
+    train_subset : int, optional
+        Classifiers train on (and report ``train_*`` metrics for) only the first
+        ``train_subset`` training images; the test split is always complete.
 
     Returns
     -------
@@ -135,7 +145,14 @@ whichever finishes last writes the complete manifest (on file systems without wo
     if not 0 <= k < n:
         raise ValueError(f"shard (K, N) needs 0 <= K < N, got {shard}")
     data = load_dataset(dataset, root=data_root)
-    header = zoo_header(arch, dataset, count, seed, settings, chunk_size, val, test, views)
+    header = zoo_header(arch, dataset, count, seed, settings, chunk_size, val, test, views,
+                        train_subset)
+    if train_subset is not None:
+        if train_subset > len(data.X_train):
+            raise ValueError(f"train_subset={train_subset} exceeds the {len(data.X_train)} "
+                             f"training images of {dataset!r}")
+        data = dataclasses.replace(data, X_train=data.X_train[:train_subset],
+                                   y_train=data.y_train[:train_subset])
     if header["training"]["task"] == "fit-images" and count // views > len(data.X_train):
         raise ValueError(f"count / views = {count // views} images, but {dataset!r} has only "
                          f"{len(data.X_train)} training images")

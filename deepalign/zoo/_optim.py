@@ -34,12 +34,21 @@ class StackedAdamW:
         self._v = [torch.zeros_like(p) for p in self._params.values()]
         shared = set(zip(lr.tolist(), weight_decay.tolist()))
         self._shared = shared.pop() if len(shared) == 1 else None
+        self._lr_wd, self._factor = (lr, weight_decay), None
         if self._shared is None:
             self._direction = [torch.zeros_like(p) for p in self._params.values()]
-            column = [(-1,) + (1,) * (p.dim() - 1) for p in self._params.values()]
-            self._lr = [lr.float().view(s) for s in column]
-            self._decay = [(1 - lr * weight_decay).float().view(s) for s in column]
+            self._scale(1.0)
         self._step = torch.zeros(())
+
+    def _scale(self, factor: float) -> None:
+        """Per-model step sizes and decays for learning rates ``factor * lr``."""
+        if factor == self._factor:
+            return
+        lr, weight_decay = self._lr_wd[0] * factor, self._lr_wd[1]
+        column = [(-1,) + (1,) * (p.dim() - 1) for p in self._params.values()]
+        self._lr = [lr.float().view(s) for s in column]
+        self._decay = [(1 - lr * weight_decay).float().view(s) for s in column]
+        self._factor = factor
 
     def params(self) -> dict:
         """The current weights (differentiable leaves), a stacked state dict."""
@@ -49,15 +58,18 @@ class StackedAdamW:
         """A detached copy of the current weights, a stacked state dict."""
         return {k: v.detach().clone() for k, v in self._params.items()}
 
-    def step(self, losses: torch.Tensor) -> None:
-        """One update from ``losses`` : (B,), the per-model losses computed from :meth:`params`."""
+    def step(self, losses: torch.Tensor, lr_factor: float = 1.0) -> None:
+        """One update from ``losses`` : (B,), the per-model losses computed from :meth:`params`,
+        with every learning rate multiplied by ``lr_factor`` (a schedule's value)."""
         leaves = list(self._params.values())
         grads = [g.contiguous() for g in torch.autograd.grad(losses.sum(), leaves)]
         self._step += 1
         params = [p.detach() for p in leaves]
         if self._shared is not None:
-            self._adamw(params, grads, *self._shared)
+            lr, weight_decay = self._shared
+            self._adamw(params, grads, lr * lr_factor, weight_decay)
             return
+        self._scale(lr_factor)
         for d in self._direction:
             d.zero_()
         self._adamw(self._direction, grads, 1.0, 0.0)

@@ -62,8 +62,10 @@ class Zoo:
                 f"on {self.dataset})")
 
     def build_model(self) -> torch.nn.Module:
-        """A fresh module of the zoo's architecture (its state_dict keys are ``self.keys``)."""
-        return build_model(self.config)
+        """A fresh module of the zoo's architecture, in eval mode (BatchNorm on running stats).
+
+        Its state_dict keys are ``self.keys``."""
+        return build_model(self.config).eval()
 
     def spec(self):
         """The zoo architecture's ``PermutationSpec`` (derived with ``torch.fx``)."""

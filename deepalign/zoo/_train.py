@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from deepalign.data import ImageDataset
+from deepalign.evaluation._forward import eval_mode
 from deepalign.models import batched_forward, build_model
 from deepalign.zoo._optim import StackedAdamW
 
@@ -51,14 +52,20 @@ class TrainSettings:
         AdamW learning rate, or a range it is drawn from log-uniformly per model.
     weight_decay : float or (float, float)
         Decoupled weight decay, or a range it is drawn from uniformly per model.
+    schedule : {"constant", "cosine"}
+        Learning rate over the steps ``t = 0 .. T-1``: constant, or ``lr (1 + cos(pi t / T)) / 2``
+        (the decay of the weight decay follows, as in ``torch.optim.AdamW`` under a scheduler).
     """
 
     epochs: int = 20
     batch_size: int = 64
     lr: tuple = (1e-3, 1e-3)
     weight_decay: tuple = (0.0, 0.0)
+    schedule: str = "constant"
 
     def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if int(self.epochs) < 1 or int(self.batch_size) < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, "
                              f"{self.batch_size}")
@@ -69,8 +76,16 @@ class TrainSettings:
                            _check_range("weight_decay", self.weight_decay, 0.0))
 
     def to_json(self) -> dict:
-        """The settings as plain JSON (ranges become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The settings as plain JSON (ranges become lists; a constant schedule is left out, so
+        zoos made before schedules existed keep their header)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if (k, v) != ("schedule", "constant")}
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """The schedule's multiplier of the learning rate at ``step`` of ``total``."""
+        if self.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * step / total))
 
     def sample(self, generator: torch.Generator) -> tuple:
         """Draw one model's ``(lr, weight_decay)``."""
@@ -96,7 +111,9 @@ def _init(config: dict, seeds: list) -> tuple:
 @torch.no_grad()
 def evaluate_classifiers(model, stacked: dict, X: torch.Tensor, y: torch.Tensor,
                          chunk: int = 1000) -> tuple:
-    """Mean cross-entropy and accuracy of every model on ``(X, y)``.
+    """Mean cross-entropy and accuracy of every model on ``(X, y)``, in eval mode.
+
+    BatchNorm uses the stacked running statistics, which stay unchanged.
 
     Returns
     -------
@@ -105,7 +122,8 @@ def evaluate_classifiers(model, stacked: dict, X: torch.Tensor, y: torch.Tensor,
     B = next(iter(stacked.values())).shape[0]
     loss, correct = torch.zeros(B, dtype=torch.float64), torch.zeros(B, dtype=torch.float64)
     for start in range(0, len(y), chunk):
-        scores = batched_forward(model, stacked, X[start:start + chunk]).transpose(1, 2)
+        with eval_mode(model):
+            scores = batched_forward(model, stacked, X[start:start + chunk]).transpose(1, 2)
         target = y[start:start + chunk].expand(B, -1)  # scores: (B, classes, n)
         loss += F.cross_entropy(scores, target, reduction="none").sum(1).double()
         correct += (scores.argmax(1) == target).sum(1).double()
@@ -117,7 +135,8 @@ def fit(config: dict, seeds: list, settings: TrainSettings, X: torch.Tensor, Y: 
     """Train one model per seed on samples ``(X[i], Y[i])`` (or ``Y[b, i]``), all at once.
 
     Each epoch, every model visits the ``n`` samples in its own random order, ``batch_size``
-    per step.
+    per step. AdamW updates the parameters only; the forward runs in train mode, so BatchNorm
+    normalises with batch statistics and updates the running statistics (buffers) itself.
 
     Parameters
     ----------
@@ -140,25 +159,33 @@ def fit(config: dict, seeds: list, settings: TrainSettings, X: torch.Tensor, Y: 
     -------
     model : nn.Module
         The architecture (for :func:`batched_forward`).
-    stacked : dict of str to Tensor, each shape (B, *param_shape)
+    stacked : dict of str to Tensor, each shape (B, *shape)
+        The full stacked state dict: parameters and buffers.
     hparams : list of (lr, weight_decay)
     """
     model, stacked, generators = _init(config, seeds)
+    model.train()
     hparams = [settings.sample(g) for g in generators]
-    opt = StackedAdamW(stacked, torch.tensor([h[0] for h in hparams]),
+    names = {name for name, _ in model.named_parameters()}
+    opt = StackedAdamW({k: v for k, v in stacked.items() if k in names},
+                       torch.tensor([h[0] for h in hparams]),
                        torch.tensor([h[1] for h in hparams]))
+    buffers = {k: v.clone() for k, v in stacked.items() if k not in names}
     B, n = len(seeds), X.shape[0]
     rows = torch.arange(B).unsqueeze(1)
     # One buffer for every step's inputs: a fresh (B, batch, ...) tensor is tens of MB, which
     # the allocator maps and page-faults anew each step (5x slower than this gather).
     batch = X.new_empty((B * min(settings.batch_size, n), *X.shape[1:]))
-    for _ in range(settings.epochs):
+    steps = settings.epochs * math.ceil(n / settings.batch_size)
+    for epoch in range(settings.epochs):
         order = torch.stack([torch.randperm(n, generator=g) for g in generators])  # (B, n)
-        for idx in order.split(settings.batch_size, dim=1):
+        for i, idx in enumerate(order.split(settings.batch_size, dim=1)):
             x = torch.index_select(X, 0, idx.flatten(), out=batch[:idx.numel()])
-            out = batched_forward(model, opt.params(), x.view(*idx.shape, *X.shape[1:]),
-                                  per_model_inputs=True)
-            opt.step(loss_fn(out, Y[rows, idx] if per_model_targets else Y[idx]))
+            out = batched_forward(model, {**opt.params(), **buffers},
+                                  x.view(*idx.shape, *X.shape[1:]), per_model_inputs=True)
+            step = epoch * math.ceil(n / settings.batch_size) + i
+            opt.step(loss_fn(out, Y[rows, idx] if per_model_targets else Y[idx]),
+                     settings.lr_factor(step, steps))
         bad = opt.diverged()
         if bad:
             raise FloatingPointError(f"training diverged (non-finite weights) for seeds "
@@ -166,7 +193,8 @@ def fit(config: dict, seeds: list, settings: TrainSettings, X: torch.Tensor, Y: 
                                      f"{[round(hparams[i][0], 6) for i in bad][:5]}; lower the lr")
         if on_epoch is not None:
             on_epoch(len(seeds))
-    return model, opt.state_dict(), hparams
+    trained = {**opt.state_dict(), **buffers}
+    return model, {k: trained[k] for k in stacked}, hparams
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

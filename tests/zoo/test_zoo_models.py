@@ -70,7 +70,7 @@ def test_batched_forward_rejects_mismatched_weights():
     (lambda: CNN(1, [4, 4], 10, image_size=(2, 2), pool=[0, 1]), "shrink"),
     (lambda: CNN(1, [4], 10, pool=[3]), "pool indices"),
     (lambda: SIREN(2, [8], 1, w0=float("nan")), "w0"),
-    (lambda: build_model({"arch": "resnet"}), "unknown arch"),
+    (lambda: build_model({"arch": "vgg"}), "unknown arch"),
     (lambda: build_model({"arch": "mlp", "widths": 3}), "does not fit MLP"),
     (lambda: build_model([1, 2]), "dict with an 'arch'"),
 ])

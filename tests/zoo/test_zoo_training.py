@@ -4,15 +4,13 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from deepalign.cli import main
 from deepalign.data import load_dataset
 from deepalign.models import MLP, build_model
 from deepalign.zoo import TrainSettings, Zoo, parse_shard, split_models, train_classifiers
-from deepalign.zoo import _build
 
-from _tiny_zoo import tiny_zoo
+from _tiny_zoo import interrupt_second_chunk, tiny_zoo, train_alone
 
 
 def _same(a: Zoo, b: Zoo):
@@ -40,16 +38,7 @@ def test_models_differ_in_init_order_and_hyper_parameters(reference):
 
 
 def test_resume_after_a_kill(reference, tmp_path, monkeypatch):
-    real = _build.train_classifiers
-    calls = []
-
-    def killed_on_second_chunk(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_build, "train_classifiers", killed_on_second_chunk)
+    interrupt_second_chunk(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         tiny_zoo(tmp_path)
     assert sorted(os.listdir(tmp_path)) == [".lock", "manifest.json",
@@ -57,7 +46,7 @@ def test_resume_after_a_kill(reference, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="incomplete .*2 of 6"):
         Zoo(tmp_path)
     assert len(Zoo(tmp_path, allow_incomplete=True).stacked()["layers.0.bias"]) == 2
-    monkeypatch.setattr(_build, "train_classifiers", real)
+    monkeypatch.undo()
     _same(reference, tiny_zoo(tmp_path))
 
 
@@ -94,6 +83,7 @@ def test_split_is_seeded_and_disjoint():
     (lambda p: TrainSettings(lr=(1e-2, 1e-3)), "lr"),
     (lambda p: TrainSettings(weight_decay=-1.0), "weight_decay"),
     (lambda p: TrainSettings(epochs=0), "epochs"),
+    (lambda p: TrainSettings(schedule="step"), "schedule"),
     (lambda p: split_models(10, 0, val=0.6, test=0.6), "fractions"),
 ])
 def test_bad_inputs(tmp_path, call, match):
@@ -116,33 +106,16 @@ def test_cli_trains_and_imports(tmp_path, capsys):
     assert zoo.config["hidden"] == [8] and zoo.manifest["training"]["batch_size"] == 256
 
 
-def _train_alone(arch, data, seed, settings):
-    """One nn.Module, torch.optim.AdamW and the same seed-derived init, hyper-parameters and
-    data order as model ``seed`` of a batched run: the unbatched oracle."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(arch)
-    g = torch.Generator().manual_seed(seed)
-    lr, wd = settings.sample(g)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd, eps=1e-8)
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(data.y_train), generator=g)
-        for idx in order.split(settings.batch_size):
-            opt.zero_grad()
-            F.cross_entropy(model(data.X_train[idx]), data.y_train[idx]).backward()
-            opt.step()
-    return model.state_dict()
-
-
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
 @pytest.mark.parametrize("lr, weight_decay", [((1e-3, 3e-3), (0.0, 1e-2)), (2e-3, 1e-2)],
                          ids=["per-model-hparams", "shared-hparams"])
-def test_batched_training_equals_training_each_model_alone(lr, weight_decay):
+def test_batched_training_equals_training_each_model_alone(lr, weight_decay, schedule):
     data = load_dataset("digits")
     arch = MLP(64, [16], 10).config
-    settings = TrainSettings(epochs=2, lr=lr, weight_decay=weight_decay)
+    settings = TrainSettings(epochs=2, lr=lr, weight_decay=weight_decay, schedule=schedule)
     stacked, _ = train_classifiers(arch, data, [11, 12, 13], settings)
     for b, seed in enumerate([11, 12, 13]):
-        alone = _train_alone(arch, data, seed, settings)
+        alone = train_alone(arch, data, seed, settings)
         for k, v in alone.items():
             torch.testing.assert_close(stacked[k][b], v, rtol=1e-3, atol=1e-4)
 
