@@ -128,7 +128,8 @@ def chunk_size(traced, n_samples: int) -> int:
     """Networks per vectorised pass so that their activations on the data fit the budget."""
     largest = max((math.prod(n.meta["tensor_meta"].shape) for n in traced.graph_module.graph.nodes
                    if hasattr(n.meta.get("tensor_meta"), "shape")), default=1)
-    per_network = 4 * largest * max(n_samples, 1) * 4  # float32, a few live activations
+    # float32 activations; a site holds its input, output and temporaries at once
+    per_network = 4 * largest * max(n_samples, 1) * 8
     return max(1, ACTIVATION_BUDGET // per_network)
 
 
