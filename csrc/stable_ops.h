@@ -46,35 +46,36 @@ void dispatch_floating(ScalarType dtype, const char* name, const Fn& fn) {
   }
 }
 
-namespace aten {
-
-// Calls aten::<name>.<overload> through the stable dispatcher; returns its (first) output.
+// Calls the operator <name>.<overload> ("aten::bmm", "") through the stable dispatcher; returns
+// its (first) output.
 template <typename... Args>
-Tensor call(const char* name, const char* overload, const Args&... args) {
+Tensor call_op(const char* name, const char* overload, const Args&... args) {
   std::array<StableIValue, sizeof...(Args)> stack{torch::stable::detail::from(args)...};
   STABLE_TORCH_ERROR_CODE_CHECK(
       torch_call_dispatcher(name, overload, stack.data(), TORCH_ABI_VERSION));
   return torch::stable::detail::to<Tensor>(stack[0]);
 }
 
-inline Tensor bmm(const Tensor& a, const Tensor& b) { return call("aten::bmm", "", a, b); }
+namespace aten {
 
-inline Tensor mul(const Tensor& a, const Tensor& b) { return call("aten::mul", "Tensor", a, b); }
+inline Tensor bmm(const Tensor& a, const Tensor& b) { return call_op("aten::bmm", "", a, b); }
+
+inline Tensor mul(const Tensor& a, const Tensor& b) { return call_op("aten::mul", "Tensor", a, b); }
 
 // Solves A x = b for a batch (B, n, n) x (B, n, k).
 inline Tensor linalg_solve(const Tensor& a, const Tensor& b) {
-  return call("aten::linalg_solve", "", a, b, /*left=*/true);
+  return call_op("aten::linalg_solve", "", a, b, /*left=*/true);
 }
 
-inline Tensor div(const Tensor& a, const Tensor& b) { return call("aten::div", "Tensor", a, b); }
+inline Tensor div(const Tensor& a, const Tensor& b) { return call_op("aten::div", "Tensor", a, b); }
 
-inline Tensor isfinite(const Tensor& t) { return call("aten::isfinite", "", t); }
+inline Tensor isfinite(const Tensor& t) { return call_op("aten::isfinite", "", t); }
 
-inline Tensor all(const Tensor& t) { return call("aten::all", "", t); }
+inline Tensor all(const Tensor& t) { return call_op("aten::all", "", t); }
 
 // A copy of self with src[...] written at index along dim (Tensor.scatter(dim, index, src)).
 inline Tensor scatter(const Tensor& self, int64_t dim, const Tensor& index, const Tensor& src) {
-  return call("aten::scatter", "src", self, dim, index, src);
+  return call_op("aten::scatter", "src", self, dim, index, src);
 }
 
 }  // namespace aten
