@@ -22,7 +22,7 @@ from setuptools import setup
 
 # The oldest torch whose stable ABI the binary relies on (TORCH_TARGET_VERSION below); the
 # runtime dependency in pyproject.toml says torch>= the same version.
-TORCH_MIN = (2, 11)
+TORCH_MIN = (2, 10)
 # The oldest CPython of the limited API (abi3) the binary uses; requires-python says the same.
 PYTHON_MIN = (3, 10)
 
@@ -101,6 +101,11 @@ def _cuda_wheel_includes():
     return sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "*", "include")))
 
 
+def _target_version_flag():
+    """The stable ABI version the binary is compiled for: TORCH_MIN's, whatever torch builds it."""
+    return f"-DTORCH_TARGET_VERSION=0x{TORCH_MIN[0]:02x}{TORCH_MIN[1]:02x}000000000000"
+
+
 def _abi_macros():
     """Defines that pin the binary to the stable ABI of TORCH_MIN and say what it was built with.
 
@@ -108,7 +113,7 @@ def _abi_macros():
     """
     built_with = torch.__version__.split("+")[0]
     return [
-        f"-DTORCH_TARGET_VERSION=0x{TORCH_MIN[0]:02x}{TORCH_MIN[1]:02x}000000000000",
+        _target_version_flag(),
         f'-DDEEPALIGN_BUILT_WITH_TORCH="{built_with}"',
         f'-DDEEPALIGN_TORCH_MIN="{TORCH_MIN[0]}.{TORCH_MIN[1]}"',
     ]
@@ -123,7 +128,11 @@ def _extension():
     if "OpenMP" in torch.__config__.parallel_info():
         cxx.append("-fopenmp")
         link.append("-fopenmp")
-    kwargs = dict(include_dirs=[os.path.abspath("csrc")], extra_link_args=link,
+    # Headers as dependencies: setuptools rebuilds when one changed, and ninja then recompiles
+    # only the files that include it.
+    headers = sorted(glob.glob("csrc/**/*.h", recursive=True)
+                     + glob.glob("csrc/**/*.cuh", recursive=True))
+    kwargs = dict(include_dirs=[os.path.abspath("csrc")], extra_link_args=link, depends=headers,
                   py_limited_api=True)
     if not _want_cuda():
         return CppExtension("deepalign._C", sources, extra_compile_args={"cxx": cxx}, **kwargs)
