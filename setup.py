@@ -123,7 +123,8 @@ def _extension():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3"] + _abi_macros()
+    # -g0: Python's CFLAGS ask for debug info, which would make the wheel six times larger.
+    cxx = ["-O3", "-g0"] + _abi_macros()
     link = []
     if "OpenMP" in torch.__config__.parallel_info():
         cxx.append("-fopenmp")
