@@ -1,9 +1,11 @@
 // The one registration site of the deepalign operator library: every schema lives here.
-// Backends (cpu/*.cpp, cuda/*.cu) only implement them with TORCH_LIBRARY_IMPL.
+// Backends (cpu/*.cpp, cuda/*.cu) only implement them with STABLE_TORCH_LIBRARY_IMPL.
+// Everything in csrc/ uses the LibTorch stable ABI only (torch/csrc/stable, torch/headeronly),
+// so one build loads under every torch from DEEPALIGN_TORCH_MIN on (docs/stable_abi.md).
 #include <Python.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
-TORCH_LIBRARY(deepalign, m) {
+STABLE_TORCH_LIBRARY(deepalign, m) {
   // Log-domain Sinkhorn projection of a batch of square score matrices (B, n, n).
   // Returns P and the per-iteration potentials (row_pot, col_pot), each (B, n_iters, n),
   // that the fused unrolled backward replays. Semantics: deepalign/ops/reference.py.
@@ -34,7 +36,25 @@ TORCH_LIBRARY(deepalign, m) {
 }
 
 // `import deepalign._C` loads this shared library, which runs the registrations above.
-// No pybind11: a bare module keeps this translation unit light.
+// No pybind11: a bare module on the limited Python API (one abi3 binary for every CPython),
+// which also says which torch it was compiled against and which it needs at least.
+#ifndef DEEPALIGN_BUILT_WITH_TORCH
+#define DEEPALIGN_BUILT_WITH_TORCH "unknown"
+#endif
+#ifndef DEEPALIGN_TORCH_MIN
+#define DEEPALIGN_TORCH_MIN "unknown"
+#endif
+
 static struct PyModuleDef deepalign_module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
 
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&deepalign_module); }
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&deepalign_module);
+  if (module == nullptr) return nullptr;
+  if (PyModule_AddStringConstant(module, "built_with_torch", DEEPALIGN_BUILT_WITH_TORCH) < 0 ||
+      PyModule_AddStringConstant(module, "torch_min", DEEPALIGN_TORCH_MIN) < 0 ||
+      PyModule_AddStringConstant(module, "abi", "stable") < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}

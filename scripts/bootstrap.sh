@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up ./.venv with deepalign (compiled extension included) and its test tools.
-# Safe to re-run: it installs only what is missing and rebuilds the extension incrementally.
+# Safe to re-run: it installs only what is missing and rebuilds only the parts of the extension
+# whose sources changed (nothing at all on an unchanged tree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
@@ -17,11 +18,13 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ "$
     && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 fi
-# Build against the torch above, never in an isolated env (that would pull another torch).
-# The editable install builds the extension in place; later runs rebuild only what changed.
+# The developer's install: the package editable (without its extension), then the extension
+# built in place against the torch above by build_ext, whose ninja build in build/ keeps its
+# objects between runs. (pip's editable install would compile every file again in a temporary
+# folder each time.) An extension from before the stable ABI would shadow _C.abi3.so: removed.
 if ! "$PY" -m pip show -q deepalign >/dev/null 2>&1; then
-  MAX_JOBS=${MAX_JOBS:-2} "$PY" -m pip install -q --no-build-isolation --no-deps -e .
-else
-  MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py -q build_ext --inplace
+  DEEPALIGN_NO_EXTENSION=1 "$PY" -m pip install -q --no-build-isolation --no-deps -e .
 fi
+rm -f deepalign/_C.cpython-*.so
+MAX_JOBS=${MAX_JOBS:-2} "$PY" setup.py -q build_ext --inplace
 "$VENV/bin/deepalign" info

@@ -16,7 +16,8 @@
 // Each scan is one branch-free vector pass over all columns, which beats scipy's scalar scan of
 // the remaining columns even though it also touches visited ones. Problems are scheduled
 // dynamically (cpu/parallel.h).
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <cmath>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "stable_ops.h"
 #include "cpu/assignment_cpu.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
@@ -254,16 +256,17 @@ class Solver {
 
 }  // namespace
 
-at::Tensor linear_assignment_cpu_named(const at::Tensor& cost, bool maximize, const char* name) {
+Tensor linear_assignment_cpu_named(const Tensor& cost, bool maximize, const char* name) {
   check_assignment_input(cost, name);
   const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2);
-  const at::Tensor c = cost.contiguous();
-  at::Tensor cols = at::empty({batch, n}, cost.options().dtype(at::kLong));
+  const Tensor c = torch::stable::contiguous(cost);
+  Tensor cols = torch::stable::new_empty(cost, {batch, n}, ScalarType::Long);
   if (batch == 0 || n == 0) return cols;
   std::vector<Status> status(batch, Status::kOk);
-  AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "linear_assignment_cpu", [&] {
+  dispatch_real(c.scalar_type(), "linear_assignment_cpu", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
     const scalar_t* data = c.const_data_ptr<scalar_t>();
-    int64_t* out = cols.data_ptr<int64_t>();
+    int64_t* out = cols.mutable_data_ptr<int64_t>();
     parallel_dynamic(
         batch, [] { return Solver<scalar_t>(); },
         [&](Solver<scalar_t>& solver, int64_t b) {
@@ -271,23 +274,25 @@ at::Tensor linear_assignment_cpu_named(const at::Tensor& cost, bool maximize, co
         });
   });
   for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(status[b] != Status::kNaN, name, " must not contain NaN (matrix ", b,
-                " of the batch does)");
-    TORCH_CHECK(status[b] != Status::kWrongInf, name, " must not contain ",
-                maximize ? "+inf with maximize=True (-inf marks a forbidden pair)"
-                         : "-inf (+inf marks a forbidden pair)",
-                "; matrix ", b, " of the batch does");
-    TORCH_CHECK(status[b] != Status::kInfeasible, name, " matrix ", b,
-                " of the batch has no feasible assignment: its allowed (finite) entries admit ",
-                "no matching of every row to a distinct column");
+    DA_CHECK(status[b] != Status::kNaN, name, " must not contain NaN (matrix ", b,
+             " of the batch does)");
+    DA_CHECK(status[b] != Status::kWrongInf, name, " must not contain ",
+             maximize ? "+inf with maximize=True (-inf marks a forbidden pair)"
+                      : "-inf (+inf marks a forbidden pair)",
+             "; matrix ", b, " of the batch does");
+    DA_CHECK(status[b] != Status::kInfeasible, name, " matrix ", b,
+             " of the batch has no feasible assignment: its allowed (finite) entries admit ",
+             "no matching of every row to a distinct column");
   }
   return cols;
 }
 
-at::Tensor linear_assignment_cpu(const at::Tensor& cost, bool maximize) {
+Tensor linear_assignment_cpu(const Tensor& cost, bool maximize) {
   return linear_assignment_cpu_named(cost, maximize, "cost");
 }
 
-TORCH_LIBRARY_IMPL(deepalign, CPU, m) { m.impl("linear_assignment", &linear_assignment_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
+  m.impl("linear_assignment", TORCH_BOX(&linear_assignment_cpu));
+}
 
 }  // namespace deepalign::cpu

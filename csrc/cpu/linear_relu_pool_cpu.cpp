@@ -6,7 +6,8 @@
 // the next layer reads y twice to pool it), each a trip through memory for an entry that has
 // only c_out values. Here each entry is computed in registers, written once (or not at all,
 // when only its pools are used: the encoder's readout) and pooled on the spot.
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <limits>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "stable_ops.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 
@@ -104,8 +106,8 @@ DA_SIMD_CLONES void block_pass(const Block<T>& k) {
   }
 }
 
-void check_inputs(const at::Tensor& w, const at::Tensor& weight, const at::Tensor& row_bias,
-                  const at::Tensor& col_bias, const std::string& reduction) {
+void check_inputs(const Tensor& w, const Tensor& weight, const Tensor& row_bias,
+                  const Tensor& col_bias, const std::string& reduction) {
   DA_CHECK_DIM(w, 4, "w", "(B, n, m, c_in)");
   DA_CHECK_REAL(w, "w");
   DA_CHECK_DIM(weight, 2, "weight", "(c_in, c_out)");
@@ -115,42 +117,50 @@ void check_inputs(const at::Tensor& w, const at::Tensor& weight, const at::Tenso
   DA_CHECK_SAME_DTYPE(w, row_bias, "w", "row_bias");
   DA_CHECK_SAME_DTYPE(w, col_bias, "w", "col_bias");
   const int64_t batch = w.size(0), n = w.size(1), m = w.size(2), c_out = weight.size(1);
-  TORCH_CHECK(n > 0 && m > 0, "w must have n > 0 rows and m > 0 columns, got shape ", w.sizes());
-  TORCH_CHECK(weight.size(0) == w.size(3), "weight must be (c_in, c_out) with c_in = ", w.size(3),
-              " (w's channels), got shape ", weight.sizes());
-  TORCH_CHECK(c_out > 0, "weight must have c_out > 0 columns, got shape ", weight.sizes());
-  TORCH_CHECK(row_bias.sizes() == at::IntArrayRef({batch, n, c_out}),
-              "row_bias must be (B, n, c_out) = (", batch, ", ", n, ", ", c_out, "), got shape ",
-              row_bias.sizes());
-  TORCH_CHECK(col_bias.sizes() == at::IntArrayRef({batch, m, c_out}),
-              "col_bias must be (B, m, c_out) = (", batch, ", ", m, ", ", c_out, "), got shape ",
-              col_bias.sizes());
-  TORCH_CHECK(reduction == "mean" || reduction == "max",
-              "reduction must be 'mean' or 'max', got '", reduction, "'");
+  DA_CHECK(n > 0 && m > 0, "w must have n > 0 rows and m > 0 columns, got shape ", shape(w));
+  DA_CHECK(weight.size(0) == w.size(3), "weight must be (c_in, c_out) with c_in = ", w.size(3),
+           " (w's channels), got shape ", shape(weight));
+  DA_CHECK(c_out > 0, "weight must have c_out > 0 columns, got shape ", shape(weight));
+  DA_CHECK(has_shape(row_bias, {batch, n, c_out}),
+           "row_bias must be (B, n, c_out) = (", batch, ", ", n, ", ", c_out, "), got shape ",
+           shape(row_bias));
+  DA_CHECK(has_shape(col_bias, {batch, m, c_out}),
+           "col_bias must be (B, m, c_out) = (", batch, ", ", m, ", ", c_out, "), got shape ",
+           shape(col_bias));
+  DA_CHECK(reduction == "mean" || reduction == "max",
+           "reduction must be 'mean' or 'max', got '", reduction, "'");
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_pool_cpu(
-    const at::Tensor& w_in, const at::Tensor& weight_in, const at::Tensor& row_bias_in,
-    const at::Tensor& col_bias_in, c10::string_view reduction_in, bool keep_output) {
-  const std::string reduction(reduction_in);
+std::tuple<Tensor, Tensor, Tensor> linear_relu_pool_cpu(
+    const Tensor& w_in, const Tensor& weight_in, const Tensor& row_bias_in,
+    const Tensor& col_bias_in, const std::string& reduction, bool keep_output) {
   check_inputs(w_in, weight_in, row_bias_in, col_bias_in, reduction);
-  const at::Tensor w = w_in.contiguous(), row_bias = row_bias_in.contiguous(),
-                   col_bias = col_bias_in.contiguous();
+  const Tensor w = torch::stable::contiguous(w_in);
+  const Tensor row_bias = torch::stable::contiguous(row_bias_in);
+  const Tensor col_bias = torch::stable::contiguous(col_bias_in);
   const int64_t batch = w.size(0), n = w.size(1), m = w.size(2), c_in = w.size(3),
                 c_out = weight_in.size(1);
-  at::Tensor out = keep_output ? at::empty({batch, n, m, c_out}, w.options())
-                               : at::empty({0}, w.options());
-  at::Tensor row_pool = at::empty({batch, n, c_out}, w.options());
-  at::Tensor col_pool = at::empty({batch, m, c_out}, w.options());
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "linear_relu_pool_cpu", [&] {
+  Tensor out = keep_output ? torch::stable::new_empty(w, {batch, n, m, c_out})
+                           : torch::stable::new_empty(w, {0});
+  Tensor row_pool = torch::stable::new_empty(w, {batch, n, c_out});
+  Tensor col_pool = torch::stable::new_empty(w, {batch, m, c_out});
+  dispatch_real(w.scalar_type(), "linear_relu_pool_cpu", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
     constexpr int64_t L = Simd<scalar_t>::kLanes;
     const int64_t padded = (c_out + L - 1) / L * L;
     // the weight, zero-padded to whole vectors: the inner loop loads its rows unmasked
-    at::Tensor weight = at::zeros({c_in, padded}, w.options());
-    weight.narrow(1, 0, c_out).copy_(weight_in);
+    Tensor weight = torch::stable::new_zeros(w, {c_in, padded});
+    Tensor used = torch::stable::narrow(weight, 1, 0, c_out);
+    torch::stable::copy_(used, weight_in);
     const bool mean = reduction == "mean";
+    const scalar_t *wp = w.const_data_ptr<scalar_t>(), *wt = weight.const_data_ptr<scalar_t>();
+    const scalar_t *rb = row_bias.const_data_ptr<scalar_t>(),
+                   *cb = col_bias.const_data_ptr<scalar_t>();
+    scalar_t* op = keep_output ? out.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* rp = row_pool.mutable_data_ptr<scalar_t>();
+    scalar_t* cpool = col_pool.mutable_data_ptr<scalar_t>();
     parallel_dynamic(
         batch, [&] { return std::vector<scalar_t>(m * padded); },
         [&](std::vector<scalar_t>& col_acc, int64_t b) {
@@ -158,20 +168,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_pool_cpu(
           // kEntries entries fit the registers
           for (int64_t start = 0; start < c_out; start += 2 * L) {
             const int64_t width = std::min(c_out - start, 2 * L);
-            Block<scalar_t> k{w.data_ptr<scalar_t>() + b * n * m * c_in,
-                              weight.data_ptr<scalar_t>() + start,
-                              row_bias.data_ptr<scalar_t>() + b * n * c_out + start,
-                              col_bias.data_ptr<scalar_t>() + b * m * c_out + start,
-                              keep_output ? out.data_ptr<scalar_t>() + b * n * m * c_out + start
-                                          : nullptr,
-                              row_pool.data_ptr<scalar_t>() + b * n * c_out + start,
+            Block<scalar_t> k{wp + b * n * m * c_in,
+                              wt + start,
+                              rb + b * n * c_out + start,
+                              cb + b * m * c_out + start,
+                              keep_output ? op + b * n * m * c_out + start : nullptr,
+                              rp + b * n * c_out + start,
                               col_acc.data() + start, n, m, c_in, c_out, padded,
                               (width - 1) % L + 1, mean};
             if (width > L)
               block_pass<scalar_t, 2>(k);
             else
               block_pass<scalar_t, 1>(k);
-            scalar_t* cp = col_pool.data_ptr<scalar_t>() + b * m * c_out;
+            scalar_t* cp = cpool + b * m * c_out;
             for (int64_t j = 0; j < m; ++j)
               for (int64_t c = start; c < start + width; ++c)
                 cp[j * c_out + c] = mean ? col_acc[j * padded + c] / scalar_t(n)
@@ -182,6 +191,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_relu_pool_cpu(
   return {out, row_pool, col_pool};
 }
 
-TORCH_LIBRARY_IMPL(deepalign, CPU, m) { m.impl("linear_relu_pool", &linear_relu_pool_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
+  m.impl("linear_relu_pool", TORCH_BOX(&linear_relu_pool_cpu));
+}
 
 }  // namespace deepalign::cpu

@@ -3,13 +3,15 @@
 // into a per-thread buffer that stays in L2 while the projection reads it: the batch of scores
 // never goes through memory. Otherwise the scores come from one batched GEMM into the buffer the
 // log-domain kernel then reads (per matrix L2-resident too, kernels.md §5a.6).
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <atomic>
 #include <vector>
 
 #include "checks.h"
+#include "stable_ops.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/sinkhorn_cpu.h"
@@ -18,13 +20,13 @@
 namespace deepalign::cpu {
 
 // Shared with the backward: f0 and f1 as (B, n, d) features of the same shape and dtype.
-void check_outer_features(const at::Tensor& f0, const at::Tensor& f1) {
+void check_outer_features(const Tensor& f0, const Tensor& f1) {
   DA_CHECK_DIM(f0, 3, "f0", "(B, n, d)");
   DA_CHECK_DIM(f1, 3, "f1", "(B, n, d)");
   DA_CHECK_REAL(f0, "f0");
   DA_CHECK_SAME_DTYPE(f0, f1, "f0", "f1");
-  TORCH_CHECK(f0.sizes() == f1.sizes(), "f0 and f1 must have the same shape (B, n, d), got ",
-              f0.sizes(), " and ", f1.sizes());
+  DA_CHECK(same_shape(f0, f1), "f0 and f1 must have the same shape (B, n, d), got ",
+           shape(f0), " and ", shape(f1));
 }
 
 namespace {
@@ -55,14 +57,15 @@ DA_SIMD_CLONES void outer_scores(const T* a, const T* b, T* bt, T* out, int64_t 
 
 // Whether every matrix ran in the scaling domain, from scores made per thread.
 template <typename T>
-bool project_in_scaling_domain(const at::Tensor& f0, const at::Tensor& f1, at::Tensor& p,
-                               at::Tensor& row_pot, at::Tensor& col_pot, int64_t n_iters,
+bool project_in_scaling_domain(const Tensor& f0, const Tensor& f1, Tensor& p, Tensor& row_pot,
+                               Tensor& col_pot, int64_t n_iters,
                                double tau) {
   const int64_t batch = f0.size(0), n = f0.size(1), d = f0.size(2);
   constexpr int64_t kBlock = 4 * Simd<T>::kLanes;
   const int64_t pad = (n + kBlock - 1) / kBlock * kBlock;
   const T *a = f0.const_data_ptr<T>(), *b = f1.const_data_ptr<T>();
-  T *pp = p.data_ptr<T>(), *rp = row_pot.data_ptr<T>(), *cp = col_pot.data_ptr<T>();
+  T* pp = p.mutable_data_ptr<T>();
+  T *rp = row_pot.mutable_data_ptr<T>(), *cp = col_pot.mutable_data_ptr<T>();
   struct Scratch {
     ScalingScratch scaling;
     std::vector<T> scores, bt;
@@ -84,21 +87,21 @@ bool project_in_scaling_domain(const at::Tensor& f0, const at::Tensor& f1, at::T
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> outer_sinkhorn_project_cpu(const at::Tensor& f0,
-                                                                          const at::Tensor& f1,
-                                                                          int64_t n_iters,
-                                                                          double tau) {
+std::tuple<Tensor, Tensor, Tensor> outer_sinkhorn_project_cpu(const Tensor& f0, const Tensor& f1,
+                                                              int64_t n_iters, double tau) {
   check_outer_features(f0, f1);
   DA_CHECK_ITERS(n_iters);
   DA_CHECK_TAU(tau);
   const int64_t batch = f0.size(0), n = f0.size(1);
   if (batch > 0 && n > 0 && n_iters > 0 && n <= kScalingMaxN) {
-    at::Tensor p = f0.new_empty({batch, n, n});
-    at::Tensor row_pot = f0.new_empty({batch, n_iters, n});
-    at::Tensor col_pot = f0.new_empty({batch, n_iters, n});
+    Tensor p = torch::stable::new_empty(f0, {batch, n, n});
+    Tensor row_pot = torch::stable::new_empty(f0, {batch, n_iters, n});
+    Tensor col_pot = torch::stable::new_empty(f0, {batch, n_iters, n});
     bool done = false;
-    AT_DISPATCH_FLOATING_TYPES(f0.scalar_type(), "outer_sinkhorn_project_cpu", [&] {
-      done = project_in_scaling_domain<scalar_t>(f0.contiguous(), f1.contiguous(), p, row_pot,
+    dispatch_real(f0.scalar_type(), "outer_sinkhorn_project_cpu", [&](auto tag) {
+      using scalar_t = typename decltype(tag)::type;
+      done = project_in_scaling_domain<scalar_t>(torch::stable::contiguous(f0),
+                                                 torch::stable::contiguous(f1), p, row_pot,
                                                  col_pot, n_iters, tau);
     });
     if (done) return {p, row_pot, col_pot};
@@ -106,12 +109,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> outer_sinkhorn_project_cpu(const 
   // Some matrix outside the scaling range (or NaN or inf in f0 or f1, which the log-domain
   // kernel reports): the whole batch through it.
   return sinkhorn_project_cpu_checked(
-      at::bmm(f0, f1.transpose(1, 2)), n_iters, tau,
+      aten::bmm(f0, torch::stable::transpose(f1, 1, 2)), n_iters, tau,
       "f0 and f1 must be finite (no NaN or inf) and f0 @ f1^T / tau must not overflow");
 }
 
-TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
-  m.impl("outer_sinkhorn_project", &outer_sinkhorn_project_cpu);
+STABLE_TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
+  m.impl("outer_sinkhorn_project", TORCH_BOX(&outer_sinkhorn_project_cpu));
 }
 
 }  // namespace deepalign::cpu

@@ -1,7 +1,7 @@
 // Dynamic scheduling of independent tasks (one matrix, one assignment problem) over torch's
 // threads.
 #pragma once
-#include <ATen/Parallel.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <atomic>
@@ -15,8 +15,9 @@ namespace deepalign::cpu {
 template <typename MakeState, typename Work>
 void parallel_dynamic(int64_t count, const MakeState& make_state, const Work& work) {
   std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+  const int64_t threads = torch::stable::get_num_threads();
+  const int64_t workers = std::min(count, threads);
+  torch::stable::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     auto state = make_state();
     for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < count;) work(state, i);
   });

@@ -6,15 +6,18 @@
 // and, backward, entry-sized compare masks for each pool. Here one pass reads each entry once
 // and updates both pools; the backward is a zero fill and one scattered write per pooled value.
 // Ties go to the first index and NaN propagates, as in torch.max.
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "checks.h"
+#include "stable_ops.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 
@@ -31,7 +34,7 @@ DA_INLINE Vec<acc_t> load_widened(const scalar_t* p, int64_t count) {
   constexpr acc_t kLow = -std::numeric_limits<acc_t>::infinity();
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     return load_partial(p, count, kLow);
-  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+  } else if constexpr (std::is_same_v<scalar_t, torch::headeronly::BFloat16>) {
     // a bfloat16 is the top half of a float: widen by a 16-bit shift
     typedef uint16_t Half16 __attribute__((vector_size(2 * Simd<float>::kLanes)));
     Half16 bits = Half16{} + uint16_t{0xFF80};  // bfloat16 -inf
@@ -120,26 +123,27 @@ void row_col_max_nan(const scalar_t* w, int64_t n, int64_t m, int64_t c, scalar_
       reduce(w + j * c + k, n, m * c, cols + j * c + k, col_idx + j * c + k);
 }
 
-void check_weights(const at::Tensor& w) {
+void check_weights(const Tensor& w) {
   DA_CHECK_DIM(w, 4, "w", "(B, n, m, c)");
   DA_CHECK_FLOAT(w, "w");
-  TORCH_CHECK(w.size(1) > 0 && w.size(2) > 0, "w must have n > 0 rows and m > 0 columns, got shape ",
-              w.sizes());
-  TORCH_CHECK(w.size(1) <= kMaxExtent && w.size(2) <= kMaxExtent,
-              "w must have at most 2^24 rows and columns, got shape ", w.sizes());
+  DA_CHECK(w.size(1) > 0 && w.size(2) > 0, "w must have n > 0 rows and m > 0 columns, got shape ",
+           shape(w));
+  DA_CHECK(w.size(1) <= kMaxExtent && w.size(2) <= kMaxExtent,
+           "w must have at most 2^24 rows and columns, got shape ", shape(w));
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> row_col_max_cpu(const at::Tensor& w_in) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> row_col_max_cpu(const Tensor& w_in) {
   check_weights(w_in);
-  const at::Tensor w = w_in.contiguous();
+  const Tensor w = torch::stable::contiguous(w_in);
   const int64_t batch = w.size(0), n = w.size(1), m = w.size(2), c = w.size(3);
-  at::Tensor rows = at::empty({batch, n, c}, w.options());
-  at::Tensor cols = at::empty({batch, m, c}, w.options());
-  at::Tensor row_idx = at::empty({batch, n, c}, w.options().dtype(at::kLong));
-  at::Tensor col_idx = at::empty({batch, m, c}, w.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "row_col_max_cpu", [&] {
+  Tensor rows = torch::stable::new_empty(w, {batch, n, c});
+  Tensor cols = torch::stable::new_empty(w, {batch, m, c});
+  Tensor row_idx = torch::stable::new_empty(w, {batch, n, c}, ScalarType::Long);
+  Tensor col_idx = torch::stable::new_empty(w, {batch, m, c}, ScalarType::Long);
+  dispatch_floating(w.scalar_type(), "row_col_max_cpu", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
     // 16-bit types compare in float: exact, each of their values is a float
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     struct Scratch {
@@ -152,12 +156,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> row_col_max_cpu(const
           return Scratch{std::vector<acc_t>(m * c), std::vector<acc_t>(c),
                          std::vector<acc_t>(m * c), std::vector<acc_t>(c)};
         },
-        [&](Scratch& s, int64_t b) {
-          const scalar_t* wb = w.data_ptr<scalar_t>() + b * n * m * c;
-          scalar_t* rb = rows.data_ptr<scalar_t>() + b * n * c;
-          scalar_t* cb = cols.data_ptr<scalar_t>() + b * m * c;
-          int64_t* ri = row_idx.data_ptr<int64_t>() + b * n * c;
-          int64_t* ci = col_idx.data_ptr<int64_t>() + b * m * c;
+        [&, w0 = w.const_data_ptr<scalar_t>(), rows0 = rows.mutable_data_ptr<scalar_t>(),
+         cols0 = cols.mutable_data_ptr<scalar_t>(), ri0 = row_idx.mutable_data_ptr<int64_t>(),
+         ci0 = col_idx.mutable_data_ptr<int64_t>()](Scratch& s, int64_t b) {
+          const scalar_t* wb = w0 + b * n * m * c;
+          scalar_t* rb = rows0 + b * n * c;
+          scalar_t* cb = cols0 + b * m * c;
+          int64_t* ri = ri0 + b * n * c;
+          int64_t* ci = ci0 + b * m * c;
           if (row_col_max_fast<scalar_t, acc_t>(wb, n, m, c, rb, cb, ri, ci, s.col_best.data(),
                                                 s.col_arg.data(), s.row_best.data(),
                                                 s.row_arg.data()))
@@ -167,58 +173,75 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> row_col_max_cpu(const
   return {rows, cols, row_idx, col_idx};
 }
 
-at::Tensor row_col_max_backward_cpu(const at::Tensor& grad_rows_in, const at::Tensor& grad_cols_in,
-                                    const at::Tensor& row_idx_in, const at::Tensor& col_idx_in) {
+Tensor row_col_max_backward_cpu(const Tensor& grad_rows_in, const Tensor& grad_cols_in,
+                                const Tensor& row_idx_in, const Tensor& col_idx_in) {
   DA_CHECK_DIM(grad_rows_in, 3, "grad_rows", "(B, n, c)");
   DA_CHECK_DIM(grad_cols_in, 3, "grad_cols", "(B, m, c)");
   DA_CHECK_FLOAT(grad_rows_in, "grad_rows");
   DA_CHECK_SAME_DTYPE(grad_rows_in, grad_cols_in, "grad_rows", "grad_cols");
-  TORCH_CHECK_TYPE(row_idx_in.scalar_type() == at::kLong && col_idx_in.scalar_type() == at::kLong,
-                   "row_idx and col_idx must be int64, got ", row_idx_in.scalar_type(), " and ",
-                   col_idx_in.scalar_type());
-  TORCH_CHECK(row_idx_in.sizes() == grad_rows_in.sizes(), "row_idx must have grad_rows' shape ",
-              grad_rows_in.sizes(), ", got ", row_idx_in.sizes());
-  TORCH_CHECK(col_idx_in.sizes() == grad_cols_in.sizes(), "col_idx must have grad_cols' shape ",
-              grad_cols_in.sizes(), ", got ", col_idx_in.sizes());
-  TORCH_CHECK(grad_rows_in.size(0) == grad_cols_in.size(0) &&
-                  grad_rows_in.size(2) == grad_cols_in.size(2),
-              "grad_rows (B, n, c) and grad_cols (B, m, c) must agree on B and c, got ",
-              grad_rows_in.sizes(), " and ", grad_cols_in.sizes());
-  const at::Tensor g_rows = grad_rows_in.contiguous(), g_cols = grad_cols_in.contiguous();
-  const at::Tensor r_idx = row_idx_in.contiguous(), c_idx = col_idx_in.contiguous();
+  DA_CHECK(row_idx_in.scalar_type() == ScalarType::Long &&
+               col_idx_in.scalar_type() == ScalarType::Long,
+           "row_idx and col_idx must be int64, got ", dtype_name(row_idx_in), " and ",
+           dtype_name(col_idx_in));
+  DA_CHECK(same_shape(row_idx_in, grad_rows_in), "row_idx must have grad_rows' shape ",
+           shape(grad_rows_in), ", got ", shape(row_idx_in));
+  DA_CHECK(same_shape(col_idx_in, grad_cols_in), "col_idx must have grad_cols' shape ",
+           shape(grad_cols_in), ", got ", shape(col_idx_in));
+  DA_CHECK(grad_rows_in.size(0) == grad_cols_in.size(0) &&
+               grad_rows_in.size(2) == grad_cols_in.size(2),
+           "grad_rows (B, n, c) and grad_cols (B, m, c) must agree on B and c, got ",
+           shape(grad_rows_in), " and ", shape(grad_cols_in));
+  const Tensor g_rows = torch::stable::contiguous(grad_rows_in);
+  const Tensor g_cols = torch::stable::contiguous(grad_cols_in);
+  const Tensor r_idx = torch::stable::contiguous(row_idx_in);
+  const Tensor c_idx = torch::stable::contiguous(col_idx_in);
   const int64_t batch = g_rows.size(0), n = g_rows.size(1), m = g_cols.size(1),
                 c = g_rows.size(2);
-  at::Tensor grad = at::zeros({batch, n, m, c}, g_rows.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g_rows.scalar_type(),
-                                  "row_col_max_backward_cpu", [&] {
+  Tensor grad = torch::stable::new_zeros(g_rows, {batch, n, m, c});
+  // An index out of range is recorded per matrix and raised after the parallel region: an
+  // exception thrown on one of torch's threads would cross the stable C ABI (torch_parallel_for).
+  std::vector<std::string> errors(batch);
+  dispatch_floating(g_rows.scalar_type(), "row_col_max_backward_cpu", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    scalar_t* out0 = grad.mutable_data_ptr<scalar_t>();
+    const scalar_t* gr0 = g_rows.const_data_ptr<scalar_t>();
+    const scalar_t* gc0 = g_cols.const_data_ptr<scalar_t>();
+    const int64_t *ri0 = r_idx.const_data_ptr<int64_t>(), *ci0 = c_idx.const_data_ptr<int64_t>();
     parallel_dynamic(batch, [&](int64_t b) {
-      scalar_t* out = grad.data_ptr<scalar_t>() + b * n * m * c;
-      const scalar_t* gr = g_rows.data_ptr<scalar_t>() + b * n * c;
-      const scalar_t* gc = g_cols.data_ptr<scalar_t>() + b * m * c;
-      const int64_t* ri = r_idx.data_ptr<int64_t>() + b * n * c;
-      const int64_t* ci = c_idx.data_ptr<int64_t>() + b * m * c;
+      scalar_t* out = out0 + b * n * m * c;
+      const scalar_t* gr = gr0 + b * n * c;
+      const scalar_t* gc = gc0 + b * m * c;
+      const int64_t* ri = ri0 + b * n * c;
+      const int64_t* ci = ci0 + b * m * c;
       for (int64_t i = 0; i < n; ++i) {
         for (int64_t k = 0; k < c; ++k) {
           const int64_t j = ri[i * c + k];
-          TORCH_CHECK(j >= 0 && j < m, "row_idx holds ", j, ", outside [0, ", m, ")");
+          if (j < 0 || j >= m) {
+            errors[b] = message("row_idx holds ", j, ", outside [0, ", m, ")");
+            return;
+          }
           out[(i * m + j) * c + k] += gr[i * c + k];
         }
       }
       for (int64_t j = 0; j < m; ++j) {
         for (int64_t k = 0; k < c; ++k) {
           const int64_t i = ci[j * c + k];
-          TORCH_CHECK(i >= 0 && i < n, "col_idx holds ", i, ", outside [0, ", n, ")");
+          if (i < 0 || i >= n) {
+            errors[b] = message("col_idx holds ", i, ", outside [0, ", n, ")");
+            return;
+          }
           out[(i * m + j) * c + k] += gc[j * c + k];
         }
       }
     });
   });
+  for (const std::string& error : errors) DA_CHECK(error.empty(), error);
   return grad;
 }
 
-TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
-  m.impl("row_col_max", &row_col_max_cpu);
-  m.impl("_row_col_max_backward", &row_col_max_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
+  m.impl("row_col_max", TORCH_BOX(&row_col_max_cpu));
+  m.impl("_row_col_max_backward", TORCH_BOX(&row_col_max_backward_cpu));
 }
 
 }  // namespace deepalign::cpu

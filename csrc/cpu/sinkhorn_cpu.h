@@ -13,30 +13,32 @@
 // both of shape (B, n_iters, n), in the dtype of the scores. They are exact log-sum-exp values
 // (not shifted), so P = exp(L + row_pot[:, -1, :, None] + col_pot[:, -1, None, :]).
 #pragma once
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+#include <torch/csrc/stable/ops.h>
+
 
 #include <algorithm>
 #include <tuple>
 #include <utility>
 
+#include "checks.h"
+
 namespace deepalign::cpu {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_project_cpu(const at::Tensor& scores,
-                                                                    int64_t n_iters, double tau);
+std::tuple<Tensor, Tensor, Tensor> sinkhorn_project_cpu(const Tensor& scores, int64_t n_iters,
+                                                        double tau);
 
 // The same, with `requirement` opening the error raised for non-finite scores / tau (the outer
 // op states it in terms of its own arguments).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_project_cpu_checked(
-    const at::Tensor& scores, int64_t n_iters, double tau, const char* requirement);
+std::tuple<Tensor, Tensor, Tensor> sinkhorn_project_cpu_checked(
+    const Tensor& scores, int64_t n_iters, double tau, const char* requirement);
 
-at::Tensor sinkhorn_project_backward_cpu(const at::Tensor& grad_p, const at::Tensor& scores,
-                                         const at::Tensor& row_pot, const at::Tensor& col_pot,
-                                         int64_t n_iters, double tau);
+Tensor sinkhorn_project_backward_cpu(const Tensor& grad_p, const Tensor& scores,
+                                     const Tensor& row_pot, const Tensor& col_pot, int64_t n_iters,
+                                     double tau);
 
 // f0 and f1 of outer_sinkhorn_project: (B, n, d), same shape and dtype (checks shared with the
 // backward).
-void check_outer_features(const at::Tensor& f0, const at::Tensor& f1);
+void check_outer_features(const Tensor& f0, const Tensor& f1);
 
 // Row blocks per matrix: 1 (one task per matrix) when the batch alone keeps every thread busy,
 // otherwise enough blocks of >= 64 rows to spread a small batch over the threads.
@@ -51,7 +53,7 @@ inline std::pair<int64_t, int64_t> block_rows(int64_t n, int64_t blocks, int64_t
 // Runs fn(b, blk) for every (matrix, row block) pair, in parallel.
 template <typename Fn>
 void for_blocks(int64_t batch, int64_t blocks, const Fn& fn) {
-  at::parallel_for(0, batch * blocks, 1, [&](int64_t lo, int64_t hi) {
+  torch::stable::parallel_for(0, batch * blocks, 1, [&](int64_t lo, int64_t hi) {
     for (int64_t w = lo; w < hi; ++w) fn(w / blocks, w % blocks);
   });
 }

@@ -6,9 +6,15 @@
 // (P 1 = P^T 1 = 1); as P approaches a permutation the system becomes singular in directions that
 // P * (a 1^T + 1 b^T) does not see, which the tiny ridge keeps finite.
 // Dense batched solve in float64 (n^3 per matrix, independent of n_iters).
-#include <torch/library.h>
+// Written with tensor ops through the stable ABI (only the n x n shift is filled on the CPU), so
+// the CUDA kernel runs this same function on CUDA tensors.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+
+#include <vector>
 
 #include "checks.h"
+#include "stable_ops.h"
 
 namespace deepalign::cpu {
 
@@ -16,29 +22,38 @@ namespace {
 constexpr double kRidge = 1e-12;
 }
 
-at::Tensor sinkhorn_implicit_backward_cpu(const at::Tensor& grad_p, const at::Tensor& p,
-                                          double tau) {
+Tensor sinkhorn_implicit_backward_cpu(const Tensor& grad_p, const Tensor& p, double tau) {
   DA_CHECK_DIM(p, 3, "p", "(B, n, n)");
   DA_CHECK_SQUARE(p, "p");
   DA_CHECK_REAL(p, "p");
   DA_CHECK_SAME_DTYPE(grad_p, p, "grad_p", "p");
-  TORCH_CHECK(grad_p.sizes() == p.sizes(), "grad_p must have the shape of p ", p.sizes(),
-              ", got ", grad_p.sizes());
+  DA_CHECK(same_shape(grad_p, p), "grad_p must have the shape of p ", shape(p), ", got ",
+           shape(grad_p));
   DA_CHECK_TAU(tau);
+  namespace st = torch::stable;
   const int64_t n = p.size(1);
-  if (p.numel() == 0) return at::zeros_like(p);
-  const at::Tensor P = p.to(at::kDouble), G = grad_p.to(at::kDouble);
-  const at::Tensor H = P * G;
-  const at::Tensor r = H.sum(-1, true), c = H.sum(-2).unsqueeze(-1);  // (B, n, 1)
-  const at::Tensor shift = at::eye(n, P.options()).mul_(1.0 + kRidge).add_(1.0 / n);
-  const at::Tensor M = at::baddbmm(shift, P, P.transpose(1, 2), 1.0, -1.0);
-  const at::Tensor a = at::linalg_solve(M, r - at::bmm(P, c));
-  const at::Tensor b = c - at::bmm(P.transpose(1, 2), a);
-  return (P * (G - a - b.transpose(1, 2))).div_(tau).to(p.scalar_type());
+  if (p.numel() == 0) return st::new_zeros(p, p.sizes());
+  const Tensor P = st::to(p, ScalarType::Double), G = st::to(grad_p, ScalarType::Double);
+  const Tensor H = aten::mul(P, G);
+  const std::vector<int64_t> last{-1}, second_last{-2};
+  const Tensor r = st::sum(H, last, /*keepdim=*/true);          // (B, n, 1)
+  const Tensor c = st::unsqueeze(st::sum(H, second_last), -1);  // (B, n, 1)
+  // (1 + ridge) I + 1 1^T / n, made on the CPU and moved to P's device.
+  Tensor shift = st::empty({n, n}, ScalarType::Double);
+  double* sh = shift.mutable_data_ptr<double>();
+  for (int64_t i = 0; i < n * n; ++i) sh[i] = 1.0 / n + (i % (n + 1) == 0 ? 1.0 + kRidge : 0.0);
+  shift = st::to(shift, P.device());
+  const Tensor Pt = st::transpose(P, 1, 2);
+  const Tensor M = st::subtract(shift, aten::bmm(P, Pt));
+  const Tensor a = aten::linalg_solve(M, st::subtract(r, aten::bmm(P, c)));
+  const Tensor b = st::subtract(c, aten::bmm(Pt, a));
+  const Tensor d = aten::mul(P, st::subtract(st::subtract(G, a), st::transpose(b, 1, 2)));
+  const Tensor tau_t = st::full({}, tau, ScalarType::Double, std::nullopt, P.device());
+  return st::to(aten::div(d, tau_t), p.scalar_type());
 }
 
-TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
-  m.impl("_sinkhorn_implicit_backward", &sinkhorn_implicit_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
+  m.impl("_sinkhorn_implicit_backward", TORCH_BOX(&sinkhorn_implicit_backward_cpu));
 }
 
 }  // namespace deepalign::cpu

@@ -17,14 +17,15 @@
 // That sweep is the fallback: a matrix of side <= kScalingMaxN whose scores and potentials are in
 // range runs the same sweep in the scaling domain (cpu/sinkhorn_scaling.cpp), one
 // matrix-vector product per half-step instead of one exp per element.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "checks.h"
+#include "stable_ops.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/sinkhorn_cpu.h"
@@ -250,37 +251,38 @@ void reverse(const Reverse<T>& rv) {
 
 }  // namespace
 
-at::Tensor sinkhorn_project_backward_cpu(const at::Tensor& grad_p, const at::Tensor& scores,
-                                         const at::Tensor& row_pot, const at::Tensor& col_pot,
-                                         int64_t n_iters, double tau) {
+Tensor sinkhorn_project_backward_cpu(const Tensor& grad_p, const Tensor& scores,
+                                     const Tensor& row_pot, const Tensor& col_pot,
+                                     int64_t n_iters, double tau) {
   DA_CHECK_DIM(scores, 3, "scores", "(B, n, n)");
   DA_CHECK_SQUARE(scores, "scores");
   DA_CHECK_REAL(scores, "scores");
   DA_CHECK_ITERS(n_iters);
   DA_CHECK_TAU(tau);
   const int64_t batch = scores.size(0), n = scores.size(1);
-  TORCH_CHECK(grad_p.sizes() == scores.sizes(), "grad_p must have the shape of scores ",
-              scores.sizes(), ", got ", grad_p.sizes());
+  DA_CHECK(same_shape(grad_p, scores), "grad_p must have the shape of scores ",
+           shape(scores), ", got ", shape(grad_p));
   for (const auto* pot : {&row_pot, &col_pot})
-    TORCH_CHECK(pot->sizes() == at::IntArrayRef({batch, n_iters, n}),
-                "row_pot and col_pot must be (B, n_iters, n) = (", batch, ", ", n_iters, ", ", n,
-                "), got ", pot->sizes());
+    DA_CHECK(has_shape(*pot, {batch, n_iters, n}),
+             "row_pot and col_pot must be (B, n_iters, n) = (", batch, ", ", n_iters, ", ", n,
+             "), got ", shape(*pot));
   DA_CHECK_SAME_DTYPE(grad_p, scores, "grad_p", "scores");
   DA_CHECK_SAME_DTYPE(row_pot, scores, "row_pot", "scores");
   DA_CHECK_SAME_DTYPE(col_pot, scores, "col_pot", "scores");
-  const at::Tensor s = scores.contiguous(), gp = grad_p.contiguous();
-  const at::Tensor rp = row_pot.contiguous(), cp = col_pot.contiguous();
-  at::Tensor dl = at::empty_like(s);
+  const Tensor s = torch::stable::contiguous(scores), gp = torch::stable::contiguous(grad_p);
+  const Tensor rp = torch::stable::contiguous(row_pot), cp = torch::stable::contiguous(col_pot);
+  Tensor dl = torch::stable::empty_like(s);
   if (batch == 0 || n == 0) return dl;
   const int64_t blocks = sinkhorn_row_blocks(batch, n);
-  at::Tensor df = s.new_empty({batch, n});
-  at::Tensor dg = s.new_zeros({2, batch, blocks, n});
-  at::Tensor zeros = s.new_zeros({n});
-  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "sinkhorn_project_backward_cpu", [&] {
+  Tensor df = torch::stable::new_empty(s, {batch, n});
+  Tensor dg = torch::stable::new_zeros(s, {2, batch, blocks, n});
+  Tensor zeros = torch::stable::new_zeros(s, {n});
+  dispatch_real(s.scalar_type(), "sinkhorn_project_backward_cpu", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
     Reverse<scalar_t> rv{s.const_data_ptr<scalar_t>(),     gp.const_data_ptr<scalar_t>(),
                          rp.const_data_ptr<scalar_t>(),    cp.const_data_ptr<scalar_t>(),
-                         zeros.const_data_ptr<scalar_t>(), dl.data_ptr<scalar_t>(),
-                         df.data_ptr<scalar_t>(),          dg.data_ptr<scalar_t>(),
+                         zeros.const_data_ptr<scalar_t>(), dl.mutable_data_ptr<scalar_t>(),
+                         df.mutable_data_ptr<scalar_t>(), dg.mutable_data_ptr<scalar_t>(),
                          batch,                            n,
                          n_iters,                          blocks,
                          scalar_t(1.0 / tau)};
@@ -289,8 +291,8 @@ at::Tensor sinkhorn_project_backward_cpu(const at::Tensor& grad_p, const at::Ten
   return dl;
 }
 
-TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
-  m.impl("_sinkhorn_project_backward", &sinkhorn_project_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
+  m.impl("_sinkhorn_project_backward", TORCH_BOX(&sinkhorn_project_backward_cpu));
 }
 
 }  // namespace deepalign::cpu

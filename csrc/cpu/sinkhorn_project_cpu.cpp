@@ -12,13 +12,14 @@
 // That is the general kernel: a matrix of side <= kScalingMaxN with scores in range runs in the
 // scaling domain instead (cpu/sinkhorn_scaling.cpp), one exp per element in all and one
 // matrix-vector product per half-step.
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "checks.h"
+#include "stable_ops.h"
 #include "cpu/parallel.h"
 #include "cpu/simd.h"
 #include "cpu/sinkhorn_cpu.h"
@@ -247,48 +248,55 @@ void forward(const Problem<T>& pr, int64_t batch) {
 }  // namespace
 
 int64_t sinkhorn_row_blocks(int64_t batch, int64_t n) {
-  const int64_t threads = at::get_num_threads();
+  const int64_t threads = torch::stable::get_num_threads();
   if (batch >= threads || n < 128) return 1;
   return std::min((threads + batch - 1) / batch, n / 64);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_project_cpu_checked(
-    const at::Tensor& scores, int64_t n_iters, double tau, const char* requirement) {
+std::tuple<Tensor, Tensor, Tensor> sinkhorn_project_cpu_checked(
+    const Tensor& scores, int64_t n_iters, double tau, const char* requirement) {
   DA_CHECK_DIM(scores, 3, "scores", "(B, n, n)");
   DA_CHECK_SQUARE(scores, "scores");
   DA_CHECK_REAL(scores, "scores");
   DA_CHECK_ITERS(n_iters);
   DA_CHECK_TAU(tau);
-  const at::Tensor s = scores.contiguous();
+  const Tensor s = torch::stable::contiguous(scores);
   const int64_t batch = s.size(0), n = s.size(1);
-  at::Tensor p = at::empty_like(s);
-  at::Tensor row_pot = s.new_empty({batch, n_iters, n});
-  at::Tensor col_pot = s.new_empty({batch, n_iters, n});
+  Tensor p = torch::stable::empty_like(s);
+  Tensor row_pot = torch::stable::new_empty(s, {batch, n_iters, n});
+  Tensor col_pot = torch::stable::new_empty(s, {batch, n_iters, n});
   if (batch == 0 || n == 0) return {p, row_pot, col_pot};
   const int64_t blocks = sinkhorn_row_blocks(batch, n);
-  at::Tensor f = s.new_zeros({batch, n});
-  at::Tensor g = s.new_empty({batch, n});
-  at::Tensor acc = s.new_empty({batch, blocks, n});
+  Tensor f = torch::stable::new_zeros(s, {batch, n});
+  Tensor g = torch::stable::new_empty(s, {batch, n});
+  Tensor acc = torch::stable::new_empty(s, {batch, blocks, n});
   std::vector<char> bad(batch, 0);
-  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "sinkhorn_project_cpu", [&] {
-    Problem<scalar_t> pr{s.const_data_ptr<scalar_t>(), p.data_ptr<scalar_t>(),
-                         row_pot.data_ptr<scalar_t>(), col_pot.data_ptr<scalar_t>(),
-                         f.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), acc.data_ptr<scalar_t>(),
+  dispatch_real(s.scalar_type(), "sinkhorn_project_cpu", [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    Problem<scalar_t> pr{s.const_data_ptr<scalar_t>(),
+                         p.mutable_data_ptr<scalar_t>(),
+                         row_pot.mutable_data_ptr<scalar_t>(),
+                         col_pot.mutable_data_ptr<scalar_t>(),
+                         f.mutable_data_ptr<scalar_t>(),
+                         g.mutable_data_ptr<scalar_t>(),
+                         acc.mutable_data_ptr<scalar_t>(),
                          bad.data(), n, n_iters, blocks, scalar_t(1.4426950408889634 / tau),
                          1.0 / tau};
     forward(pr, batch);
   });
   for (int64_t b = 0; b < batch; ++b)
-    TORCH_CHECK(!bad[b], requirement, " (tau = ", tau, "); matrix ", b, " of the batch is not");
+    DA_CHECK(!bad[b], requirement, " (tau = ", tau, "); matrix ", b, " of the batch is not");
   return {p, row_pot, col_pot};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_project_cpu(const at::Tensor& scores,
-                                                                    int64_t n_iters, double tau) {
+std::tuple<Tensor, Tensor, Tensor> sinkhorn_project_cpu(const Tensor& scores, int64_t n_iters,
+                                                        double tau) {
   return sinkhorn_project_cpu_checked(
       scores, n_iters, tau, "scores must be finite (no NaN or inf, also after dividing by tau)");
 }
 
-TORCH_LIBRARY_IMPL(deepalign, CPU, m) { m.impl("sinkhorn_project", &sinkhorn_project_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(deepalign, CPU, m) {
+  m.impl("sinkhorn_project", TORCH_BOX(&sinkhorn_project_cpu));
+}
 
 }  // namespace deepalign::cpu

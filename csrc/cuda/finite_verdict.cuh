@@ -12,8 +12,8 @@
 #include <algorithm>
 #include <cstdint>
 
-#include <c10/cuda/CUDAException.h>
-#include <c10/util/Exception.h>
+#include "cuda/stable_cuda.cuh"
+
 
 namespace deepalign {
 namespace cuda {
@@ -43,7 +43,7 @@ class FiniteVerdicts {
   // graph: its replays could not report to anyone.
   VerdictSlots prepare(int64_t ctas, cudaStream_t stream) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    DA_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
     count_ = capture == cudaStreamCaptureStatusNone ? ctas : 0;
     if (count_ == 0) return {};
     if (count_ > capacity_) grow(count_);
@@ -61,8 +61,8 @@ class FiniteVerdicts {
     while (!scan(bad)) {
       const cudaError_t status = cudaStreamQuery(stream);
       if (status == cudaErrorNotReady) continue;
-      C10_CUDA_CHECK(status);
-      TORCH_CHECK(scan(bad), "deepalign: a CUDA kernel finished without checking its input");
+      DA_CUDA_CHECK(status);
+      DA_CHECK(scan(bad), "deepalign: a CUDA kernel finished without checking its input");
     }
     return !bad;
   }
@@ -79,16 +79,16 @@ class FiniteVerdicts {
   }
 
   void grow(int64_t ctas) {
-    if (host_ != nullptr) C10_CUDA_CHECK(cudaFreeHost(host_));
+    if (host_ != nullptr) DA_CUDA_CHECK(cudaFreeHost(host_));
     host_ = nullptr;
     capacity_ = std::max<int64_t>({ctas, 2 * capacity_, 1024});
     void* p = nullptr;
-    C10_CUDA_CHECK(cudaHostAlloc(&p, capacity_ * sizeof(unsigned),
+    DA_CUDA_CHECK(cudaHostAlloc(&p, capacity_ * sizeof(unsigned),
                                  cudaHostAllocMapped | cudaHostAllocPortable));
     host_ = static_cast<unsigned*>(p);
     std::fill(host_, host_ + capacity_, 0u);
     void* d = nullptr;
-    C10_CUDA_CHECK(cudaHostGetDevicePointer(&d, p, 0));
+    DA_CUDA_CHECK(cudaHostGetDevicePointer(&d, p, 0));
     device_ = static_cast<unsigned*>(d);
   }
 

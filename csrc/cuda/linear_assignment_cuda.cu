@@ -10,16 +10,13 @@
 // Hungarian-rounding fallback: a problem whose column count does not fit the block's shared
 // memory (m above ~9000) is solved by the CPU kernel instead, with one device-to-host copy of
 // the whole batch and one copy of the result back.
-#include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include "checks.h"
 #include "cuda/assignment_cuda.h"
+#include "cuda/stable_cuda.cuh"
 #include "cuda/utils.cuh"
+#include "stable_ops.h"
 
 namespace deepalign::cuda {
 namespace {
@@ -205,12 +202,12 @@ __global__ void assignment_kernel(const T* cost_in, int n, int m, bool maximize,
 }
 
 template <typename T>
-bool launch(const at::Tensor& cost, bool maximize, at::Tensor& cols, at::Tensor& status) {
+bool launch(const Tensor& cost, bool maximize, Tensor& cols, Tensor& status) {
   const int64_t batch = cost.size(0);
   const int n = static_cast<int>(cost.size(1)), m = static_cast<int>(cost.size(2));
   int device = 0, limit = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  DA_CUDA_CHECK(cudaGetDevice(&device));
+  DA_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   const int threads = std::min(512, std::max(32, (m + 31) / 32 * 32));
   limit -= 64;  // the kernel's static shared memory
   size_t bytes = Workspace<T>::bytes(n, m, threads / 32);
@@ -218,58 +215,61 @@ bool launch(const at::Tensor& cost, bool maximize, at::Tensor& cols, at::Tensor&
   const size_t staged = sizeof(T) * static_cast<size_t>(n) * m;
   const bool stage = staged <= kStageLimit && bytes + staged <= static_cast<size_t>(limit);
   if (stage) bytes += staged;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(assignment_kernel<T>,
+  DA_CUDA_CHECK(cudaFuncSetAttribute(assignment_kernel<T>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(bytes)));
   assignment_kernel<T><<<static_cast<unsigned>(batch), threads, bytes,
-                         c10::cuda::getCurrentCUDAStream()>>>(
-      cost.data_ptr<T>(), n, m, maximize, stage, cols.data_ptr<int64_t>(),
-      status.data_ptr<int>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+                         current_stream()>>>(
+      cost.const_data_ptr<T>(), n, m, maximize, stage, cols.mutable_data_ptr<int64_t>(),
+      status.mutable_data_ptr<int>());
+  DA_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }
 
-at::Tensor cpu_fallback(const at::Tensor& cost, bool maximize) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("deepalign::linear_assignment", "")
-                             .typed<at::Tensor(const at::Tensor&, bool)>();
-  return op.call(cost.cpu(), maximize).to(cost.device());
+Tensor cpu_fallback(const Tensor& cost, bool maximize) {
+  namespace st = torch::stable;
+  const Tensor on_cpu = st::to(cost, st::Device(torch::headeronly::DeviceType::CPU));
+  return st::to(call_op("deepalign::linear_assignment", "", on_cpu, maximize), cost.device());
 }
 
-at::Tensor linear_assignment_cuda(const at::Tensor& cost, bool maximize) {
+Tensor linear_assignment_cuda(const Tensor& cost, bool maximize) {
   return linear_assignment_cuda_named(cost, maximize, "cost");
 }
 
 }  // namespace
 
-at::Tensor linear_assignment_cuda_named(const at::Tensor& cost, bool maximize, const char* name) {
+Tensor linear_assignment_cuda_named(const Tensor& cost, bool maximize, const char* name) {
   check_assignment_input(cost, name);
   const int64_t batch = cost.size(0), n = cost.size(1), m = cost.size(2);
-  const c10::cuda::CUDAGuard guard(cost.device());
-  const at::Tensor c = cost.contiguous();
-  at::Tensor cols = at::empty({batch, n}, cost.options().dtype(at::kLong));
+  const DeviceGuard guard(cost.get_device_index());
+  const Tensor c = torch::stable::contiguous(cost);
+  Tensor cols = torch::stable::new_empty(cost, {batch, n}, ScalarType::Long);
   if (batch == 0 || n == 0) return cols;
-  TORCH_CHECK(batch <= INT32_MAX && m <= INT32_MAX, name, " is too large: ", cost.sizes());
-  at::Tensor status = at::empty({batch}, cost.options().dtype(at::kInt));
-  const bool done = c.scalar_type() == at::kDouble ? launch<double>(c, maximize, cols, status)
-                                                   : launch<float>(c, maximize, cols, status);
+  DA_CHECK(batch <= INT32_MAX && m <= INT32_MAX, name, " is too large: ", shape(cost));
+  Tensor status = torch::stable::new_empty(cost, {batch}, ScalarType::Int);
+  const bool done = c.scalar_type() == ScalarType::Double
+                        ? launch<double>(c, maximize, cols, status)
+                        : launch<float>(c, maximize, cols, status);
   if (!done) return cpu_fallback(c, maximize);
   // One device-to-host copy of the per-problem status, then the CPU solver's error messages.
-  const at::Tensor st = status.cpu();
+  const Tensor st =
+      torch::stable::to(status, torch::stable::Device(torch::headeronly::DeviceType::CPU));
   const int* s = st.const_data_ptr<int>();
   for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(s[b] != kNaN, name, " must not contain NaN (matrix ", b, " of the batch does)");
-    TORCH_CHECK(s[b] != kWrongInf, name, " must not contain ",
-                maximize ? "+inf with maximize=True (-inf marks a forbidden pair)"
-                         : "-inf (+inf marks a forbidden pair)",
-                "; matrix ", b, " of the batch does");
-    TORCH_CHECK(s[b] != kInfeasible, name, " matrix ", b,
-                " of the batch has no feasible assignment: its allowed (finite) entries admit ",
-                "no matching of every row to a distinct column");
+    DA_CHECK(s[b] != kNaN, name, " must not contain NaN (matrix ", b, " of the batch does)");
+    DA_CHECK(s[b] != kWrongInf, name, " must not contain ",
+             maximize ? "+inf with maximize=True (-inf marks a forbidden pair)"
+                      : "-inf (+inf marks a forbidden pair)",
+             "; matrix ", b, " of the batch does");
+    DA_CHECK(s[b] != kInfeasible, name, " matrix ", b,
+             " of the batch has no feasible assignment: its allowed (finite) entries admit ",
+             "no matching of every row to a distinct column");
   }
   return cols;
 }
 
-TORCH_LIBRARY_IMPL(deepalign, CUDA, m) { m.impl("linear_assignment", &linear_assignment_cuda); }
+STABLE_TORCH_LIBRARY_IMPL(deepalign, CUDA, m) {
+  m.impl("linear_assignment", TORCH_BOX(&linear_assignment_cuda));
+}
 
 }  // namespace deepalign::cuda

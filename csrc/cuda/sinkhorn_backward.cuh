@@ -5,11 +5,11 @@
 // starting from D = grad_P (.) P_T and ending with d scores = D / tau (f_0 = 0). Q_{t+1} and P_t
 // share f_t, so one pass per row does both. No n^2 state is stored per iteration.
 #pragma once
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "cuda/sinkhorn_global.cuh"
 #include "cuda/sinkhorn_tile.cuh"
+#include "cuda/stable_cuda.cuh"
+#include "stable_ops.h"
 
 namespace deepalign {
 namespace cuda {
@@ -135,17 +135,17 @@ __global__ void __launch_bounds__(kTileThreads)
 // grad_scores (B, n, n) from grad_p and the forward's potentials, for scores (B, n, n) or for
 // scores = f0 @ f1^T when `scores` is undefined. All tensors contiguous, of dtype T.
 template <typename T>
-void sinkhorn_backward_cuda(const at::Tensor& grad_p, const at::Tensor& scores,
-                            const at::Tensor& f0, const at::Tensor& f1, const at::Tensor& row_pot,
-                            const at::Tensor& col_pot, int64_t n_iters, double tau,
-                            at::Tensor& grad_scores) {
+void sinkhorn_backward_cuda(const Tensor& grad_p, const Tensor& scores,
+                            const Tensor& f0, const Tensor& f1, const Tensor& row_pot,
+                            const Tensor& col_pot, int64_t n_iters, double tau,
+                            Tensor& grad_scores) {
   const bool outer = !scores.defined();
   const int64_t B = grad_scores.size(0);
   const int n = static_cast<int>(grad_scores.size(1));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  TileArgs<T> a{outer ? nullptr : scores.data_ptr<T>(),
-                outer ? f0.data_ptr<T>() : nullptr,
-                outer ? f1.data_ptr<T>() : nullptr,
+  const cudaStream_t stream = current_stream();
+  TileArgs<T> a{outer ? nullptr : scores.const_data_ptr<T>(),
+                outer ? f0.const_data_ptr<T>() : nullptr,
+                outer ? f1.const_data_ptr<T>() : nullptr,
                 outer ? static_cast<int>(f0.size(2)) : 0,
                 n, round_up(n, 32), 0, static_cast<int>(n_iters),
                 static_cast<T>(kLog2e / tau), VerdictSlots{}};  // the forward checked the scores
@@ -153,35 +153,38 @@ void sinkhorn_backward_cuda(const at::Tensor& grad_p, const at::Tensor& scores,
                                   [&](int rows) { return backward_smem_bytes<T>(rows, a.npad, outer); });
   if (plan.cluster > 0) {
     a.rows = plan.rows;
-    launch_tile(sinkhorn_tile_backward<T>, plan, B, stream, a, grad_p.data_ptr<T>(),
-                row_pot.data_ptr<T>(), col_pot.data_ptr<T>(), grad_scores.data_ptr<T>());
+    launch_tile(sinkhorn_tile_backward<T>, plan, B, stream, a, grad_p.const_data_ptr<T>(),
+                row_pot.const_data_ptr<T>(), col_pot.const_data_ptr<T>(), grad_scores.mutable_data_ptr<T>());
     return;
   }
-  const at::Tensor s = outer ? at::bmm(f0, f1.transpose(1, 2)) : scores;
+  const Tensor s = outer ? aten::bmm(f0, torch::stable::transpose(f1, 1, 2)) : scores;
   sinkhorn_global_backward<T>(grad_p, s, row_pot, col_pot, n_iters, tau, grad_scores, stream);
 }
 
 // d<grad_p, P>/d scores, where P came from (scores) or (f0, f1); float16/bfloat16 in float32.
 // Returns the gradient with respect to the (implicit) scores, in the compute dtype.
-inline at::Tensor sinkhorn_backward_op(const at::Tensor& grad_p, const at::Tensor& scores,
-                                       const at::Tensor& f0, const at::Tensor& f1,
-                                       const at::Tensor& row_pot, const at::Tensor& col_pot,
+inline Tensor sinkhorn_backward_op(const Tensor& grad_p, const Tensor& scores,
+                                       const Tensor& f0, const Tensor& f1,
+                                       const Tensor& row_pot, const Tensor& col_pot,
                                        int64_t n_iters, double tau) {
-  const at::Tensor& ref = scores.defined() ? scores : f0;
+  const Tensor& ref = scores.defined() ? scores : f0;
   const int64_t B = ref.size(0), n = ref.size(1);
-  TORCH_CHECK(grad_p.dim() == 3 && grad_p.size(0) == B && grad_p.size(1) == n && grad_p.size(2) == n,
-              "grad_p must be (B, n, n) = (", B, ", ", n, ", ", n, "), got ", grad_p.sizes());
-  for (const at::Tensor* pot : {&row_pot, &col_pot})
-    TORCH_CHECK(pot->dim() == 3 && pot->size(0) == B && pot->size(1) == n_iters && pot->size(2) == n,
-                "row_pot and col_pot must be (B, n_iters, n) = (", B, ", ", n_iters, ", ", n,
-                "), got ", pot->sizes());
-  const at::ScalarType compute = ref.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto prep = [&](const at::Tensor& t) { return t.defined() ? t.to(compute).contiguous() : t; };
-  const at::Tensor g = prep(grad_p), s = prep(scores), a = prep(f0), b = prep(f1);
-  const at::Tensor rp = prep(row_pot), cp = prep(col_pot);
-  at::Tensor grad_scores = at::empty({B, n, n}, ref.options().dtype(compute));
+  DA_CHECK(grad_p.dim() == 3 && grad_p.size(0) == B && grad_p.size(1) == n && grad_p.size(2) == n,
+           "grad_p must be (B, n, n) = (", B, ", ", n, ", ", n, "), got ", shape(grad_p));
+  for (const Tensor* pot : {&row_pot, &col_pot})
+    DA_CHECK(pot->dim() == 3 && pot->size(0) == B && pot->size(1) == n_iters && pot->size(2) == n,
+             "row_pot and col_pot must be (B, n_iters, n) = (", B, ", ", n_iters, ", ", n,
+             "), got ", shape(*pot));
+  const ScalarType compute =
+      ref.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  auto prep = [&](const Tensor& t) {
+    return t.defined() ? torch::stable::contiguous(torch::stable::to(t, compute)) : t;
+  };
+  const Tensor g = prep(grad_p), s = prep(scores), a = prep(f0), b = prep(f1);
+  const Tensor rp = prep(row_pot), cp = prep(col_pot);
+  Tensor grad_scores = torch::stable::new_empty(ref, {B, n, n}, compute);
   if (B == 0 || n == 0) return grad_scores;
-  if (compute == at::kDouble)
+  if (compute == ScalarType::Double)
     sinkhorn_backward_cuda<double>(g, s, a, b, rp, cp, n_iters, tau, grad_scores);
   else
     sinkhorn_backward_cuda<float>(g, s, a, b, rp, cp, n_iters, tau, grad_scores);

@@ -12,11 +12,11 @@
 // CTAs (after a cluster barrier, one thread per column), in a fixed order, into g, which every
 // warp copies into its registers after a last block barrier: three barriers per iteration.
 #pragma once
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "cuda/sinkhorn_global.cuh"
 #include "cuda/sinkhorn_tile.cuh"
+#include "cuda/stable_cuda.cuh"
+#include "stable_ops.h"
 
 namespace deepalign {
 namespace cuda {
@@ -232,19 +232,27 @@ __global__ void __launch_bounds__(kTileThreads)
   cl.sync();  // no CTA leaves while a peer may still read its shared memory
 }
 
+// Whether every element of s * scale is finite: one reduction on the device, one bool back.
+inline bool all_finite(const Tensor& s, double scale) {
+  namespace st = torch::stable;
+  const Tensor k = st::full({}, scale, s.scalar_type(), std::nullopt, s.device());
+  const Tensor ok = aten::all(aten::isfinite(aten::mul(s, k)));
+  return *st::to(ok, st::Device(torch::headeronly::DeviceType::CPU)).const_data_ptr<bool>();
+}
+
 // Runs the forward on (B, n, n) scores, or on f0 @ f1^T when `scores` is undefined. Outputs are
 // preallocated, contiguous, of the compute dtype T. Returns false for a non-finite input.
 template <typename T>
-bool sinkhorn_forward_cuda(const at::Tensor& scores, const at::Tensor& f0, const at::Tensor& f1,
-                           int64_t n_iters, double tau, at::Tensor& P, at::Tensor& row_pot,
-                           at::Tensor& col_pot) {
+bool sinkhorn_forward_cuda(const Tensor& scores, const Tensor& f0, const Tensor& f1,
+                           int64_t n_iters, double tau, Tensor& P, Tensor& row_pot,
+                           Tensor& col_pot) {
   const bool outer = !scores.defined();
   const int64_t B = P.size(0);
   const int n = static_cast<int>(P.size(1));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  TileArgs<T> a{outer ? nullptr : scores.data_ptr<T>(),
-                outer ? f0.data_ptr<T>() : nullptr,
-                outer ? f1.data_ptr<T>() : nullptr,
+  const cudaStream_t stream = current_stream();
+  TileArgs<T> a{outer ? nullptr : scores.const_data_ptr<T>(),
+                outer ? f0.const_data_ptr<T>() : nullptr,
+                outer ? f1.const_data_ptr<T>() : nullptr,
                 outer ? static_cast<int>(f0.size(2)) : 0,
                 n, round_up(n, 32), 0, static_cast<int>(n_iters),
                 static_cast<T>(kLog2e / tau), VerdictSlots{}};
@@ -254,38 +262,41 @@ bool sinkhorn_forward_cuda(const at::Tensor& scores, const at::Tensor& f0, const
     a.rows = plan.rows;
     FiniteVerdicts& verdicts = thread_verdicts();
     a.verdict = verdicts.prepare(B * plan.cluster, stream);
-    launch_tile(sinkhorn_tile_forward<T>, plan, B, stream, a, P.data_ptr<T>(),
-                row_pot.data_ptr<T>(), col_pot.data_ptr<T>());
+    launch_tile(sinkhorn_tile_forward<T>, plan, B, stream, a, P.mutable_data_ptr<T>(),
+                row_pot.mutable_data_ptr<T>(), col_pot.mutable_data_ptr<T>());
     return verdicts.all_finite(stream);  // as soon as every CTA has loaded its rows
   }
   // Too large for the chip: the scores go through global memory (L2-resident up to n ~ 2500).
-  const at::Tensor s = outer ? at::bmm(f0, f1.transpose(1, 2)) : scores;
-  if (!at::isfinite(s * (1.0 / tau)).all().item<bool>()) return false;
+  const Tensor s = outer ? aten::bmm(f0, torch::stable::transpose(f1, 1, 2)) : scores;
+  if (!all_finite(s, 1.0 / tau)) return false;
   sinkhorn_global_forward<T>(s, n_iters, tau, P, row_pot, col_pot, stream);
   return true;
 }
 
 // The op: (scores) or (f0, f1) of any floating dtype; float16/bfloat16 are computed in float32
 // and the outputs cast back. Returns (P, row_pot, col_pot) in the input dtype.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> sinkhorn_forward_op(
-    const at::Tensor& scores, const at::Tensor& f0, const at::Tensor& f1, int64_t n_iters,
+inline std::tuple<Tensor, Tensor, Tensor> sinkhorn_forward_op(
+    const Tensor& scores, const Tensor& f0, const Tensor& f1, int64_t n_iters,
     double tau, const char* what) {
-  const at::Tensor& ref = scores.defined() ? scores : f0;
-  const at::ScalarType dtype = ref.scalar_type();
-  const at::ScalarType compute = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  auto prep = [&](const at::Tensor& t) { return t.defined() ? t.to(compute).contiguous() : t; };
-  const at::Tensor s = prep(scores), a = prep(f0), b = prep(f1);
+  const Tensor& ref = scores.defined() ? scores : f0;
+  const ScalarType dtype = ref.scalar_type();
+  const ScalarType compute = dtype == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  auto prep = [&](const Tensor& t) {
+    return t.defined() ? torch::stable::contiguous(torch::stable::to(t, compute)) : t;
+  };
+  const Tensor s = prep(scores), a = prep(f0), b = prep(f1);
   const int64_t B = ref.size(0), n = ref.size(1);
-  const auto opts = ref.options().dtype(compute);
-  at::Tensor P = at::empty({B, n, n}, opts);
-  at::Tensor row_pot = at::empty({B, n_iters, n}, opts), col_pot = at::empty({B, n_iters, n}, opts);
+  Tensor P = torch::stable::new_empty(ref, {B, n, n}, compute);
+  Tensor row_pot = torch::stable::new_empty(ref, {B, n_iters, n}, compute);
+  Tensor col_pot = torch::stable::new_empty(ref, {B, n_iters, n}, compute);
   if (B > 0 && n > 0) {
-    const bool ok = compute == at::kDouble
+    const bool ok = compute == ScalarType::Double
                         ? sinkhorn_forward_cuda<double>(s, a, b, n_iters, tau, P, row_pot, col_pot)
                         : sinkhorn_forward_cuda<float>(s, a, b, n_iters, tau, P, row_pot, col_pot);
-    TORCH_CHECK(ok, what, " must be finite (no NaN or inf, also after dividing by tau = ", tau, ")");
+    DA_CHECK(ok, what, " must be finite (no NaN or inf, also after dividing by tau = ", tau, ")");
   }
-  return {P.to(dtype), row_pot.to(dtype), col_pot.to(dtype)};
+  namespace st = torch::stable;
+  return {st::to(P, dtype), st::to(row_pot, dtype), st::to(col_pot, dtype)};
 }
 
 }  // namespace cuda

@@ -6,10 +6,10 @@
 // written to a partial buffer and summed in slice order by a second kernel. Reproducible, no
 // atomics; same algorithm and conventions as the resident kernels.
 #pragma once
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
 
+#include "cuda/stable_cuda.cuh"
 #include "cuda/utils.cuh"
+#include "stable_ops.h"
 
 namespace deepalign {
 namespace cuda {
@@ -145,11 +145,11 @@ struct GlobalGrid {
   dim3 col, finish, row;
   int slices;
   GlobalGrid(int64_t B, int n) {
-    TORCH_CHECK(B <= 65535, "sinkhorn: batch of ", B, " matrices of size ", n,
-                " exceeds the 65535 supported beyond the on-chip size");
+    DA_CHECK(B <= 65535, "sinkhorn: batch of ", B, " matrices of size ", n,
+             " exceeds the 65535 supported beyond the on-chip size");
     int sms = 0, device = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    DA_CUDA_CHECK(cudaGetDevice(&device));
+    DA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     const int tiles = ceil_div(n, kGlobalThreads);
     slices = std::max(1, std::min(n, ceil_div(2 * sms, tiles * B)));
     col = dim3(tiles, slices, B);
@@ -159,67 +159,67 @@ struct GlobalGrid {
 };
 
 template <typename T>
-void sinkhorn_global_forward(const at::Tensor& scores, int64_t n_iters, double tau, at::Tensor& P,
-                             at::Tensor& row_pot, at::Tensor& col_pot, cudaStream_t stream) {
+void sinkhorn_global_forward(const Tensor& scores, int64_t n_iters, double tau, Tensor& P,
+                             Tensor& row_pot, Tensor& col_pot, cudaStream_t stream) {
   const int64_t B = P.size(0);
   const int n = static_cast<int>(P.size(1));
   const GlobalGrid grid(B, n);
   const T scale = static_cast<T>(kLog2e / tau);
-  at::Tensor F = at::zeros({B, n}, P.options()), G = at::zeros({B, n}, P.options());
-  const at::Tensor transposed = scores.transpose(1, 2).contiguous();
-  const T *x = scores.data_ptr<T>(), *xt = transposed.data_ptr<T>();
-  T *f = F.data_ptr<T>(), *g = G.data_ptr<T>();
+  Tensor F = torch::stable::new_zeros(P, {B, n}), G = torch::stable::new_zeros(P, {B, n});
+  const Tensor transposed = torch::stable::contiguous(torch::stable::transpose(scores, 1, 2));
+  const T *x = scores.const_data_ptr<T>(), *xt = transposed.const_data_ptr<T>();
+  T *f = F.mutable_data_ptr<T>(), *g = G.mutable_data_ptr<T>();
   const int64_t stride = n_iters * n;
   for (int64_t t = 0; t < n_iters; ++t) {
     global_half_step<T><<<grid.row, kGlobalThreads, 0, stream>>>(
-        xt, g, f, scale, n, col_pot.data_ptr<T>() + t * n, stride);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+        xt, g, f, scale, n, col_pot.mutable_data_ptr<T>() + t * n, stride);
+    DA_CUDA_KERNEL_LAUNCH_CHECK();
     global_half_step<T><<<grid.row, kGlobalThreads, 0, stream>>>(
-        x, f, g, scale, n, row_pot.data_ptr<T>() + t * n, stride);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+        x, f, g, scale, n, row_pot.mutable_data_ptr<T>() + t * n, stride);
+    DA_CUDA_KERNEL_LAUNCH_CHECK();
   }
   global_scale_by_plan<T><<<grid.row, kGlobalThreads, 0, stream>>>(
-      x, f, n, g, n, false, scale, n, nullptr, T(1), P.data_ptr<T>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      x, f, n, g, n, false, scale, n, nullptr, T(1), P.mutable_data_ptr<T>());
+  DA_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // grad_scores = d<grad_p, P>/d scores by replaying the saved potentials backwards.
 template <typename T>
-void sinkhorn_global_backward(const at::Tensor& grad_p, const at::Tensor& scores,
-                              const at::Tensor& row_pot, const at::Tensor& col_pot,
-                              int64_t n_iters, double tau, at::Tensor& grad_scores,
+void sinkhorn_global_backward(const Tensor& grad_p, const Tensor& scores,
+                              const Tensor& row_pot, const Tensor& col_pot,
+                              int64_t n_iters, double tau, Tensor& grad_scores,
                               cudaStream_t stream) {
   const int64_t B = grad_scores.size(0);
   const int n = static_cast<int>(grad_scores.size(1));
   const GlobalGrid grid(B, n);
   const T scale = static_cast<T>(kLog2e / tau);
-  const T* x = scores.data_ptr<T>();
-  T* d = grad_scores.data_ptr<T>();
-  const T* F = row_pot.data_ptr<T>();
-  const T* G = col_pot.data_ptr<T>();
+  const T* x = scores.const_data_ptr<T>();
+  T* d = grad_scores.mutable_data_ptr<T>();
+  const T* F = row_pot.const_data_ptr<T>();
+  const T* G = col_pot.const_data_ptr<T>();
   const int64_t stride = n_iters * n, last = (n_iters - 1) * n;
-  at::Tensor cs_t = at::empty({B, n}, grad_scores.options());
-  at::Tensor partial = at::empty({B, grid.slices, n}, grad_scores.options());
-  T *cs = cs_t.data_ptr<T>(), *part = partial.data_ptr<T>();
+  Tensor cs_t = torch::stable::new_empty(grad_scores, {B, n});
+  Tensor partial = torch::stable::new_empty(grad_scores, {B, grid.slices, n});
+  T *cs = cs_t.mutable_data_ptr<T>(), *part = partial.mutable_data_ptr<T>();
   global_scale_by_plan<T><<<grid.row, kGlobalThreads, 0, stream>>>(
       x, n_iters > 0 ? F + last : nullptr, stride, n_iters > 0 ? G + last : nullptr, stride, true,
-      scale, n, grad_p.data_ptr<T>(), T(1), d);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      scale, n, grad_p.const_data_ptr<T>(), T(1), d);
+  DA_CUDA_KERNEL_LAUNCH_CHECK();
   for (int64_t t = n_iters; t >= 1; --t) {
     const int64_t cur = (t - 1) * n;
     global_row_backward<T><<<grid.row, kGlobalThreads, 0, stream>>>(
         x, d, F + cur, G + cur, t < n_iters ? G + cur + n : nullptr, t < n_iters ? cs : nullptr,
         stride, scale, n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    DA_CUDA_KERNEL_LAUNCH_CHECK();
     global_column_partial<T><<<grid.col, kGlobalThreads, 0, stream>>>(d, n, part);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    DA_CUDA_KERNEL_LAUNCH_CHECK();
     global_column_finish<T><<<grid.finish, kGlobalThreads, 0, stream>>>(n, grid.slices, part, cs);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    DA_CUDA_KERNEL_LAUNCH_CHECK();
   }
   global_first_column_backward<T><<<grid.row, kGlobalThreads, 0, stream>>>(
       x, d, n_iters > 0 ? G : nullptr, n_iters > 0 ? cs : nullptr, stride,
       scale, static_cast<T>(1.0 / tau), n);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  DA_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace cuda

@@ -2,30 +2,28 @@
 // dense batched float64 solve composed of ATen ops (cuBLAS / cuSOLVER on the GPU), so the CUDA
 // registration reuses the device-agnostic composition of csrc/cpu/sinkhorn_implicit_backward_cpu.cpp
 // rather than duplicating it.
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+
+#include "checks.h"
+#include "cuda/stable_cuda.cuh"
 
 namespace deepalign::cpu {
-at::Tensor sinkhorn_implicit_backward_cpu(const at::Tensor& grad_p, const at::Tensor& p,
-                                          double tau);
+Tensor sinkhorn_implicit_backward_cpu(const Tensor& grad_p, const Tensor& p, double tau);
 }  // namespace deepalign::cpu
 
 namespace deepalign::cuda {
 namespace {
 
-at::Tensor sinkhorn_implicit_backward_cuda(const at::Tensor& grad_p, const at::Tensor& p,
-                                           double tau) {
-  TORCH_CHECK(grad_p.device() == p.device(), "grad_p and p must be on the same device, got ",
-              grad_p.device(), " and ", p.device());
-  const c10::cuda::CUDAGuard guard(p.device());
+Tensor sinkhorn_implicit_backward_cuda(const Tensor& grad_p, const Tensor& p, double tau) {
+  DA_CHECK_SAME_DEVICE(grad_p, p, "grad_p", "p");
+  const DeviceGuard guard(p.get_device_index());
   return cpu::sinkhorn_implicit_backward_cpu(grad_p, p, tau);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(deepalign, CUDA, m) {
-  m.impl("_sinkhorn_implicit_backward", &sinkhorn_implicit_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(deepalign, CUDA, m) {
+  m.impl("_sinkhorn_implicit_backward", TORCH_BOX(&sinkhorn_implicit_backward_cuda));
 }
 
 }  // namespace deepalign::cuda

@@ -1,8 +1,6 @@
 // CUDA kernel of deepalign::_sinkhorn_project_backward: the exact unrolled backward, fused
 // (cuda/sinkhorn_backward.cuh), replaying the forward's potentials.
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include "checks.h"
 #include "cuda/sinkhorn_backward.cuh"
@@ -10,8 +8,8 @@
 namespace deepalign::cuda {
 namespace {
 
-at::Tensor sinkhorn_project_backward_cuda(const at::Tensor& grad_p, const at::Tensor& scores,
-                                          const at::Tensor& row_pot, const at::Tensor& col_pot,
+Tensor sinkhorn_project_backward_cuda(const Tensor& grad_p, const Tensor& scores,
+                                          const Tensor& row_pot, const Tensor& col_pot,
                                           int64_t n_iters, double tau) {
   DA_CHECK_DIM(scores, 3, "scores", "(B, n, n)");
   DA_CHECK_SQUARE(scores, "scores");
@@ -21,16 +19,16 @@ at::Tensor sinkhorn_project_backward_cuda(const at::Tensor& grad_p, const at::Te
   DA_CHECK_SAME_DEVICE(col_pot, scores, "col_pot", "scores");
   DA_CHECK_ITERS(n_iters);
   DA_CHECK_TAU(tau);
-  const c10::cuda::CUDAGuard guard(scores.device());
-  return sinkhorn_backward_op(grad_p, scores, at::Tensor(), at::Tensor(), row_pot, col_pot,
-                              n_iters, tau)
-      .to(scores.scalar_type());
+  const DeviceGuard guard(scores.get_device_index());
+  return torch::stable::to(
+      sinkhorn_backward_op(grad_p, scores, Tensor(), Tensor(), row_pot, col_pot, n_iters, tau),
+      scores.scalar_type());
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(deepalign, CUDA, m) {
-  m.impl("_sinkhorn_project_backward", &sinkhorn_project_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(deepalign, CUDA, m) {
+  m.impl("_sinkhorn_project_backward", TORCH_BOX(&sinkhorn_project_backward_cuda));
 }
 
 }  // namespace deepalign::cuda

@@ -10,7 +10,6 @@
 #include <mutex>
 #include <tuple>
 
-#include <c10/cuda/CUDAException.h>
 
 #include "cuda/finite_verdict.cuh"
 #include "cuda/utils.cuh"
@@ -210,8 +209,8 @@ struct TilePlan {
 
 inline int device_attribute(cudaDeviceAttr attr) {
   int device = 0, value = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, device));
+  DA_CUDA_CHECK(cudaGetDevice(&device));
+  DA_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, device));
   return value;
 }
 
@@ -250,7 +249,7 @@ TilePlan plan_tile_uncached(Kernel kernel, int64_t batch, int n, int max_n, Smem
   while (fit <= max_cluster && smem_bytes(ceil_div(n, fit)) > limit) fit *= 2;
   if (fit > max_cluster) return plan;
   // Once per kernel and device (plans are cached): any plan's shared memory may be requested.
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  DA_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(limit)));
   int cs = fit;
   while (cs * 2 <= max_cluster && batch * cs * 2 <= sms && ceil_div(n, cs * 2) >= 16) cs *= 2;
@@ -280,7 +279,7 @@ TilePlan plan_tile(Kernel kernel, int variant, int64_t batch, int n, int max_n,
   static std::mutex mutex;
   static std::map<std::tuple<int, int64_t, int, int>, TilePlan> cache;
   int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
+  DA_CUDA_CHECK(cudaGetDevice(&device));
   const auto key = std::make_tuple(variant, batch, n, device);
   {
     const std::lock_guard<std::mutex> lock(mutex);
@@ -300,8 +299,8 @@ void launch_tile(Kernel kernel, const TilePlan& plan, int64_t batch, cudaStream_
                  Args... args) {
   cudaLaunchAttribute attr;
   const cudaLaunchConfig_t config = tile_config(kernel, plan, batch, stream, &attr);
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  DA_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
+  DA_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace cuda

@@ -4,7 +4,6 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include <ATen/ATen.h>
 
 namespace deepalign {
 namespace cuda {

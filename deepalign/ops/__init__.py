@@ -8,12 +8,12 @@ run the reference (as ``linear_relu_pool`` does for calls that need a gradient).
 ``deepalign.ops.reference`` holds the slow pure-PyTorch versions that define the semantics.
 """
 from deepalign.ops._assignment import hard_permutation, linear_assignment
-from deepalign.ops._extension import (compiled_backends, extension_error, extension_loaded,
-                                      has_cuda_kernels, require_extension)
+from deepalign.ops._extension import (build_info, compiled_backends, extension_error,
+                                      extension_loaded, has_cuda_kernels, require_extension)
 from deepalign.ops._linear_relu_pool import linear_relu_pool
 from deepalign.ops._pooling import row_col_max
 from deepalign.ops._sinkhorn import outer_sinkhorn_project, sinkhorn_project
 
-__all__ = ["compiled_backends", "extension_error", "extension_loaded", "hard_permutation",
-           "has_cuda_kernels", "linear_assignment", "linear_relu_pool", "outer_sinkhorn_project",
-           "require_extension", "row_col_max", "sinkhorn_project"]
+__all__ = ["build_info", "compiled_backends", "extension_error", "extension_loaded",
+           "hard_permutation", "has_cuda_kernels", "linear_assignment", "linear_relu_pool",
+           "outer_sinkhorn_project", "require_extension", "row_col_max", "sinkhorn_project"]
