@@ -34,7 +34,7 @@ def correction_inputs(data) -> torch.Tensor:
     elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor) \
             and isinstance(data[1], torch.Tensor):
         x = data[0]
-    elif isinstance(data, Sequence) or hasattr(data, "__iter__"):
+    elif hasattr(data, "__iter__") and not isinstance(data, (str, bytes, Mapping)):
         parts = [correction_inputs(batch) for batch in data]
         if not parts:
             raise ValueError("data is empty: the correction needs samples to measure on")

@@ -71,8 +71,9 @@ def test_bad_data_is_named():
         repair(model, sd, sd, 0.5, torch.zeros(10, 7, dtype=torch.float64))
     with pytest.raises(ValueError, match="NaN"):
         repair(model, sd, sd, 0.5, torch.full((10, 5), math.nan, dtype=torch.float64))
-    with pytest.raises(TypeError, match="data must be"):
-        repair(model, sd, sd, 0.5, 3)
+    for wrong in (3, "x.pt", {"x": torch.zeros(4, 5)}):
+        with pytest.raises(TypeError, match="data must be"):
+            repair(model, sd, sd, 0.5, wrong)
 
 
 def test_a_model_without_hidden_channels_is_refused():
