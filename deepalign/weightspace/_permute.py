@@ -7,6 +7,7 @@ import torch
 
 from deepalign.weightspace._pairs import as_batch, ranks_of
 from deepalign.weightspace._spec import PermutationSpec
+from deepalign.weightspace._structure import GroupedAxis, segment_index, segment_matrix
 
 
 def batch_size_of(state_dict: Mapping, spec: PermutationSpec, name: str = "state_dict"):
@@ -83,15 +84,52 @@ def permute_axis(x: torch.Tensor, axis: int, perm: torch.Tensor) -> torch.Tensor
     return out.reshape(out.shape[0], *moved.shape[1:]).movedim(1, axis + 1)
 
 
+def permute_grouped_axis(x: torch.Tensor, axis: int, perm: torch.Tensor) -> torch.Tensor:
+    """Permute the grouped input axis of a grouped convolution weight whose rows (axis 0)
+    are already permuted: row ``o`` of group ``g`` gathers with the inner permutation of
+    group ``g`` of ``perm``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (Bx, C_out, m, ...)
+    perm : Tensor, shape (Bp, G * m) int64, block-structured with G blocks
+    """
+    if perm.is_floating_point():
+        raise NotImplementedError("soft perms on the grouped axis of a grouped convolution: "
+                                  "apply them to deepalign.weightspace.plain_view(...) instead")
+    m = x.shape[axis + 1]
+    groups = perm.shape[-1] // m
+    rows = x.shape[1]
+    inner = (perm.reshape(perm.shape[0], groups, m) % m).repeat_interleave(rows // groups, 1)
+    index = inner.reshape(*inner.shape, *(1,) * (x.dim() - 3))
+    moved = x.movedim(axis + 1, 2)
+    batch = max(moved.shape[0], index.shape[0])
+    index = index.expand(batch, *moved.shape[1:])
+    out = torch.gather(moved.expand(batch, *moved.shape[1:]), 2, index)
+    return out.movedim(2, axis + 1)
+
+
 def permute_tensor(x: torch.Tensor, axes: tuple, perms: Mapping, skip_axis=None) -> torch.Tensor:
     """Apply every permutation of ``axes`` (one spec entry) to a batched tensor ``x``.
 
     ``x`` has shape (Bx, *shape) and ``perms`` holds batched perms (leading dim 1 or B).
     ``skip_axis`` leaves one axis alone (weight matching's "all other permutations").
+    Concatenated axes apply their segments' perms side by side; a grouped axis is permuted
+    after axis 0 (its rows), so it cannot be combined with ``skip_axis=0``.
     """
-    for axis, name in enumerate(axes):
-        if name is not None and axis != skip_axis:
-            x = permute_axis(x, axis, perms[name])
+    for axis, item in enumerate(axes):
+        if item is None or axis == skip_axis:
+            continue
+        if isinstance(item, str):
+            x = permute_axis(x, axis, perms[item])
+        elif isinstance(item, GroupedAxis):
+            if skip_axis == 0:
+                raise NotImplementedError("a grouped axis needs its rows permuted first")
+            x = permute_grouped_axis(x, axis, perms[item.perm])
+        else:
+            soft = perms[item[0]].is_floating_point()
+            joined = segment_matrix(perms, item) if soft else segment_index(perms, item)
+            x = permute_axis(x, axis, joined)
     return x
 
 
@@ -119,6 +157,7 @@ def permute(state_dict: Mapping, spec: PermutationSpec, perms: Mapping) -> dict:
     """
     sd_batch, sizes = batch_size_of(state_dict, spec)
     perm_batch, hard = classify_perms(perms, sizes)
+    spec.check_structure(perms)
     if None not in (sd_batch, perm_batch) and sd_batch != perm_batch:
         raise ValueError(f"state_dict has batch size {sd_batch} but perms have {perm_batch}")
     as_batch = {name: p[None] if p.dim() == (1 if hard[name] else 2) else p
