@@ -7,7 +7,7 @@ from deepalign.zoo import TrainSettings, Zoo, import_zoo, parse_shard, plot_zoo,
 
 
 # digits CNNs, 16 models x 20 epochs: mean test accuracy 0.983 at 3e-3, 0.978 at 1e-3
-_DEFAULT_LR = {"mlp": 1e-3, "cnn": 3e-3, "siren": 1e-3, "resnet": 3e-3}
+_DEFAULT_LR = {"mlp": 1e-3, "cnn": 3e-3, "siren": 1e-3, "resnet": 3e-3, "vit": 1e-3}
 
 
 def _ints(text: str) -> list:
@@ -35,9 +35,18 @@ def _arch(args, data) -> dict:
         return {"arch": "mlp", "in_features": data.in_features, "hidden": args.hidden,
                 "out_features": data.num_classes}
     if args.arch == "resnet":
-        return {"arch": "resnet", "in_channels": data.image_shape[0], "depth": args.depth,
-                "width": args.width, "out_features": data.num_classes,
-                "image_size": list(data.image_shape[1:]), "stem_stride": args.stem_stride}
+        return {"arch": "resnet", "in_channels": data.image_shape[0],
+                "depth": args.depth or 8, "width": args.width or 1.0,
+                "out_features": data.num_classes, "image_size": list(data.image_shape[1:]),
+                "stem_stride": args.stem_stride}
+    if args.arch == "vit":
+        width = int(args.width or 64)
+        if width != (args.width or 64):
+            raise ValueError(f"--width of a ViT is its stream width, an int; got {args.width}")
+        return {"arch": "vit", "in_channels": data.image_shape[0],
+                "image_size": list(data.image_shape[1:]), "patch_size": args.patch_size,
+                "width": width, "depth": args.depth or 2, "heads": args.heads,
+                "hidden": args.mlp_hidden or 2 * width, "out_features": data.num_classes}
     return {"arch": "cnn", "in_channels": data.image_shape[0], "channels": args.channels,
             "out_features": data.num_classes, "image_size": list(data.image_shape[1:]),
             "pool": args.pool}
@@ -92,9 +101,9 @@ def register(sub) -> None:
                                    "resumable zoo directory (safetensors shards + manifest.json).")
     p.add_argument("--dataset", choices=DATASETS, help="training data")
     p.add_argument("--data-root", help="directory (or file) to read the data set from")
-    p.add_argument("--arch", choices=("mlp", "cnn", "resnet", "siren"), default="mlp",
-                   help="classifiers (mlp, cnn, resnet) or SIREN fits of the training images "
-                        "(siren)")
+    p.add_argument("--arch", choices=("mlp", "cnn", "resnet", "vit", "siren"), default="mlp",
+                   help="classifiers (mlp, cnn, resnet, vit) or SIREN fits of the training "
+                        "images (siren)")
     p.add_argument("--hidden", type=_ints, default=[32, 32],
                    help="MLP / SIREN hidden widths, e.g. 32,32")
     p.add_argument("--views", type=int, default=1,
@@ -103,10 +112,16 @@ def register(sub) -> None:
                    help="CNN channels, e.g. 16,32,32")
     p.add_argument("--pool", type=_ints, default=None,
                    help="0-based CNN convs followed by 2x2 max-pool (default: all but the last)")
-    p.add_argument("--depth", type=int, default=8,
-                   help="ResNet depth, 6 n + 2 (n BasicBlocks per stage): 8, 14, 20, ...")
-    p.add_argument("--width", type=float, default=1.0,
-                   help="ResNet width multiplier k: stages of 16k, 32k, 64k channels")
+    p.add_argument("--depth", type=int, default=None,
+                   help="ResNet depth, 6 n + 2 (n BasicBlocks per stage): 8 (default), 14, "
+                        "20, ...; ViT: number of blocks (default 2)")
+    p.add_argument("--width", type=float, default=None,
+                   help="ResNet width multiplier k: stages of 16k, 32k, 64k channels "
+                        "(default 1); ViT: the residual stream's width (default 64)")
+    p.add_argument("--heads", type=int, default=4, help="ViT attention heads")
+    p.add_argument("--patch-size", type=int, default=7, help="ViT patch size (pixels)")
+    p.add_argument("--mlp-hidden", type=int, default=None,
+                   help="ViT MLP width (default: twice the stream width)")
     p.add_argument("--stem-stride", type=int, default=1,
                    help="ResNet stem stride (2 quarters the cost on 28x28 images)")
     p.add_argument("--train-subset", type=int, default=None,

@@ -6,8 +6,9 @@ from deepalign.models._cnn import CNN
 from deepalign.models._mlp import MLP
 from deepalign.models._resnet import ResNet
 from deepalign.models._siren import SIREN
+from deepalign.models._vit import ViT
 
-_ARCHS = {"mlp": MLP, "cnn": CNN, "siren": SIREN, "resnet": ResNet}
+_ARCHS = {"mlp": MLP, "cnn": CNN, "siren": SIREN, "resnet": ResNet, "vit": ViT}
 
 
 def build_model(config: dict) -> nn.Module:
@@ -16,8 +17,8 @@ def build_model(config: dict) -> nn.Module:
     Parameters
     ----------
     config : dict
-        ``{"arch": "mlp" | "cnn" | "siren" | "resnet", **constructor arguments}``, exactly what a model's
-        ``config`` attribute holds (and what a zoo's manifest stores).
+        ``{"arch": "mlp" | "cnn" | "siren" | "resnet" | "vit", **constructor arguments}``,
+        exactly what a model's ``config`` attribute holds (and what a zoo's manifest stores).
 
     Returns
     -------
@@ -40,9 +41,9 @@ def example_input(config: dict) -> torch.Tensor:
     """One zero input sample (batch of 1) that a model built from ``config`` accepts.
 
     What ``PermutationSpec.from_module`` traces with: (1, in_features) for MLPs and SIRENs,
-    (1, in_channels, H, W) for CNNs and ResNets.
+    (1, in_channels, H, W) for CNNs, ResNets and ViTs.
     """
-    image = config.get("arch") in ("cnn", "resnet")
+    image = config.get("arch") in ("cnn", "resnet", "vit")
     keys = ("in_channels", "image_size") if image else ("in_features",)
     missing = [k for k in keys if k not in config]
     if missing:

@@ -7,6 +7,7 @@ from torch.func import functional_call, vmap
 from deepalign.models._cnn import CNN
 from deepalign.models._mlp import MLP
 from deepalign.models._resnet import ResNet
+from deepalign.models._vit import ViT
 
 
 def batched_forward(model: nn.Module, stacked_state_dict: dict, x: torch.Tensor,
@@ -16,7 +17,8 @@ def batched_forward(model: nn.Module, stacked_state_dict: dict, x: torch.Tensor,
     ``out[b] = model_with(stacked_state_dict[:][b])(x)`` via ``torch.func.functional_call``
     under ``torch.func.vmap`` (for :class:`MLP`, :class:`CNN` and :class:`ResNet`, the same
     computation as explicit batched matrix products and grouped convolutions, which are
-    faster on CPU); differentiable with respect to the stacked weights and ``x``.
+    faster on CPU; for :class:`ViT`, attention with the models folded into its batch, which
+    vmap cannot do on CPU); differentiable with respect to the stacked weights and ``x``.
 
     BatchNorm follows ``model.training``, as each model alone would: in eval mode it uses the
     stacked running statistics; in train mode (ResNet only) it normalises with each model's
@@ -58,6 +60,8 @@ def batched_forward(model: nn.Module, stacked_state_dict: dict, x: torch.Tensor,
         return _cnn_forward(stacked_state_dict, x, model.config, per_model_inputs)
     if type(model) is ResNet:
         return _resnet_forward(model, stacked_state_dict, x, per_model_inputs)
+    if type(model) is ViT:
+        return _vit_forward(model, stacked_state_dict, x, per_model_inputs)
 
     def one(params, inputs):
         return functional_call(model, params, (inputs,))
@@ -150,3 +154,47 @@ def _conv_bn(model: nn.Module, stacked: dict, h: torch.Tensor, conv_name: str, b
     return F.batch_norm(h, flat(mean), flat(var), stacked[f"{bn_name}.weight"].flatten(),
                         stacked[f"{bn_name}.bias"].flatten(), model.training, bn.momentum,
                         bn.eps)
+
+
+def _vit_forward(model: ViT, stacked: dict, x: torch.Tensor, per_model_inputs: bool):
+    """The ViT with every model's tokens in one (B, N, T, D) tensor: linear layers as batched
+    matrix products, attention on the models and samples folded into its batch."""
+    cfg = model.config
+    p, width, heads = cfg["patch_size"], cfg["width"], cfg["heads"]
+    B = stacked["head.weight"].shape[0]
+    patches = F.unfold(x.flatten(0, 1) if per_model_inputs else x, p, stride=p)  # (M, Cpp, L)
+    weight = stacked["patch.weight"].flatten(2)  # (B, D, C p p)
+    if per_model_inputs:
+        tokens = torch.einsum("bdk,bnkl->bnld", weight, patches.view(B, -1, *patches.shape[1:]))
+    else:
+        tokens = torch.einsum("bdk,nkl->bnld", weight, patches)
+    tokens = tokens + stacked["patch.bias"][:, None, None]
+    cls = stacked["cls_token"].expand(B, tokens.shape[1], 1, width)
+    h = torch.cat([cls, tokens], dim=2) + stacked["pos_embed"]
+    for i, block in enumerate(model.blocks):
+        pre = f"blocks.{i}."
+        qkv = _linear(_layer_norm(h, stacked, pre + "norm1", block.norm1.eps), stacked,
+                      pre + "attn.qkv")
+        q, k, v = (t.unflatten(-1, (heads, width // heads)).transpose(2, 3).flatten(0, 1)
+                   for t in qkv.split(width, dim=-1))  # (B N, heads, T, d)
+        out = F.scaled_dot_product_attention(q, k, v).unflatten(0, h.shape[:2])
+        h = h + _linear(out.transpose(2, 3).flatten(-2), stacked, pre + "attn.proj")
+        hidden = _linear(_layer_norm(h, stacked, pre + "norm2", block.norm2.eps), stacked,
+                         pre + "fc1")
+        h = h + _linear(F.gelu(hidden), stacked, pre + "fc2")
+    return _linear(_layer_norm(h, stacked, "norm", model.norm.eps)[:, :, 0], stacked, "head")
+
+
+def _linear(h: torch.Tensor, stacked: dict, name: str) -> torch.Tensor:
+    """Model ``b``'s Linear ``name`` on ``h[b]``: h (B, ..., in) → (B, ..., out)."""
+    weight, bias = stacked[f"{name}.weight"], stacked[f"{name}.bias"]
+    out = torch.baddbmm(bias.unsqueeze(1), h.reshape(len(h), -1, h.shape[-1]),
+                        weight.transpose(1, 2))
+    return out.view(*h.shape[:-1], -1)
+
+
+def _layer_norm(h: torch.Tensor, stacked: dict, name: str, eps: float) -> torch.Tensor:
+    """Model ``b``'s LayerNorm ``name`` over the last axis of ``h[b]``."""
+    shape = (len(h),) + (1,) * (h.dim() - 2) + (h.shape[-1],)
+    return (F.layer_norm(h, h.shape[-1:], eps=eps) * stacked[f"{name}.weight"].view(shape)
+            + stacked[f"{name}.bias"].view(shape))
