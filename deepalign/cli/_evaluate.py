@@ -1,20 +1,22 @@
 """``deepalign evaluate``: every alignment method on a zoo's held-out pairs."""
 import os
 
-from deepalign.comparison import METHODS, compare_methods, format_table, write_report
+from deepalign.comparison import ABLATIONS, METHODS, compare_methods, format_table, write_report
 from deepalign.correction import CORRECTIONS
 from deepalign.comparison._convergence import (barrier_by_step, plot_barrier_by_step,
                                                record_steps, speedup_summary)
 
 
 def evaluate_zoo(zoo_path: str, aligner_path=None, out=None, n_pairs: int = 64,
-                 sinkhorn_steps: int = 1000, methods=METHODS, n_points: int = 25,
+                 sinkhorn_steps: int = 1000, methods=None, n_points: int = 25,
                  seed: int = 0, progress: bool = True, corrections=(None,),
                  correction_samples: int = 1000) -> tuple:
     """Compare ``methods`` on the zoo's test pairs; print the table, write JSON and PNG.
 
     Each method's barrier is measured once per entry of ``corrections`` (None, "reset_bn",
-    "repair"), the corrections measuring on ``correction_samples`` training inputs.
+    "repair"), the corrections measuring on ``correction_samples`` training inputs. By
+    default ``methods`` are the seven of ``METHODS``, plus the heads ablation when the zoo's
+    spec has attention heads.
     """
     from deepalign.comparison._setup import task_from_zoo
     from deepalign.nn import DeepAlign
@@ -22,6 +24,9 @@ def evaluate_zoo(zoo_path: str, aligner_path=None, out=None, n_pairs: int = 64,
 
     zoo = Zoo(zoo_path)
     aligner = DeepAlign.load(aligner_path) if aligner_path else None
+    if methods is None:
+        heads = any(g.kind == "heads" for g in zoo.spec().block_groups)
+        methods = list(METHODS) + (list(ABLATIONS) if heads else [])
     if aligner is None:
         methods = [m for m in methods if not m.startswith("deep_align")]
     task, test_data = task_from_zoo(zoo, aligner, n_pairs, sinkhorn_steps, seed, progress,
@@ -63,7 +68,7 @@ def _run(args) -> int:
         raise SystemExit(f"deepalign evaluate: --correction takes none, {', '.join(CORRECTIONS)}"
                          f" (comma-separated), got {wrong}")
     evaluate_zoo(args.zoo, args.aligner, args.out, args.pairs, args.sinkhorn_steps,
-                 args.methods.split(","), args.points, args.seed, not args.quiet, corrections,
+                 args.methods and args.methods.split(","), args.points, args.seed, not args.quiet, corrections,
                  args.correction_samples)
     return 0
 
@@ -77,8 +82,10 @@ def register(sub) -> None:
     p.add_argument("--pairs", type=int, default=64, help="number of test pairs (default 64)")
     p.add_argument("--sinkhorn-steps", type=int, default=1000,
                    help="steps of Sinkhorn re-basin and of the '+ Sinkhorn' refinements")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--methods", default=None,
+                   help=f"comma-separated subset of {','.join(METHODS + ABLATIONS)} (default: "
+                        "the first seven, and the ablation when the networks have attention "
+                        "heads)")
     p.add_argument("--points", type=int, default=25, help="lambda grid size (default 25)")
     p.add_argument("--correction", default="none",
                    help="comma-separated corrections of the merged networks, each giving its "

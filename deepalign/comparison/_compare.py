@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from deepalign.comparison._methods import (CORRECTION_LABELS, LABELS, METHODS, AlignmentTask,
-                                           run_method)
+from deepalign.comparison._methods import (ABLATIONS, CORRECTION_LABELS, LABELS, METHODS,
+                                           AlignmentTask, method_spec, run_method)
 from deepalign.evaluation import BarrierResult
 
 
@@ -18,7 +18,7 @@ class MethodResult:
     Attributes
     ----------
     name : str
-        One of ``METHODS``.
+        One of ``METHODS`` or ``ABLATIONS``.
     curve : BarrierResult
         Per-pair barrier and AUC, shape (P,) (clipped at 0; Navon et al. §6), and the test
         loss along the linear path from A (lambda 0) to aligned B (lambda 1), shape (P, L).
@@ -63,9 +63,9 @@ def compare_methods(task: AlignmentTask, test_data: tuple, methods: Sequence[str
     "repair"; measured on ``task.correction_data``). Returns a list of :class:`MethodResult`,
     method by method in ``methods`` order, each with its ``corrections`` in order.
     """
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS + ABLATIONS]
     if unknown:
-        raise ValueError(f"methods must be among {METHODS}, got {unknown}")
+        raise ValueError(f"methods must be among {METHODS + ABLATIONS}, got {unknown}")
     wrong = [c for c in corrections if c not in CORRECTION_LABELS]
     if wrong:
         raise ValueError(f"corrections must be among {list(CORRECTION_LABELS)}, got {wrong}")
@@ -73,6 +73,7 @@ def compare_methods(task: AlignmentTask, test_data: tuple, methods: Sequence[str
     for name in methods:
         perms, seconds = run_method(task, name)
         for correction in corrections:
-            curve = task.barrier(perms, test_data, n_points, correction)
+            curve = task.barrier(perms, test_data, n_points, correction,
+                                 method_spec(task, name))
             results.append(MethodResult(name, curve, seconds / task.n_pairs, correction))
     return results

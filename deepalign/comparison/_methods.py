@@ -20,6 +20,11 @@ LABELS = {"naive": "Naive", "weight_matching": "Weight matching",
           "activation_matching": "Activation matching", "sinkhorn": "Sinkhorn re-basin",
           "wm_sinkhorn": "WM + Sinkhorn", "deep_align": "Deep-Align",
           "deep_align_sinkhorn": "Deep-Align + Sinkhorn"}
+#: Extra rows for structured specs, run when the spec has attention heads: weight matching
+#: that treats every head group's q/k and v units as free plain perms, which is not a symmetry
+#: (issue #17's ablation: structure-aware weight matching must beat it).
+ABLATIONS = ("wm_heads_plain",)
+LABELS["wm_heads_plain"] = "WM, heads as plain perms (ablation)"
 #: What a correction adds to a method's label.
 CORRECTION_LABELS = {None: "", "reset_bn": " + BN reset", "repair": " + REPAIR"}
 
@@ -74,10 +79,12 @@ class AlignmentTask:
         return next(iter(self.sd_a.values())).shape[0]
 
     def barrier(self, perms: Mapping, test_data, n_points: int = 25,
-                correction: str | None = None):
-        """``loss_barrier`` between A and B aligned by ``perms``, for every pair at once,
-        with ``correction`` (None, "reset_bn" or "repair") on ``correction_data``."""
-        return loss_barrier(self.model, self.sd_a, permute(self.sd_b, self.spec, perms),
+                correction: str | None = None, spec: PermutationSpec | None = None):
+        """``loss_barrier`` between A and B aligned by ``perms`` (perms of ``spec``, the task's
+        by default), for every pair at once, with ``correction`` (None, "reset_bn" or
+        "repair") on ``correction_data``."""
+        aligned = permute(self.sd_b, spec or self.spec, perms)
+        return loss_barrier(self.model, self.sd_a, aligned,
                             test_data, n_points=n_points, loss_fn=self.loss_fn,
                             targets_per_pair=self.targets_per_pair, correction=correction,
                             correction_data=self.correction_data if correction else None)
@@ -102,6 +109,17 @@ def _deep_align(task: AlignmentTask) -> dict:
     return perms
 
 
+def heads_as_plain(spec: PermutationSpec) -> PermutationSpec:
+    """``spec`` without its attention-head block groups: q/k and v perms become free."""
+    kept = [g for g in spec.block_groups if g.kind != "heads"]
+    return PermutationSpec(spec.axes_to_perm, spec.sizes, kept)
+
+
+def method_spec(task: AlignmentTask, name: str) -> PermutationSpec:
+    """The spec whose perms method ``name`` returns (the task's, except for ablations)."""
+    return heads_as_plain(task.spec) if name == "wm_heads_plain" else task.spec
+
+
 _SOLVERS: dict[str, Callable] = {
     "naive": lambda t: identity_permutations(t.spec.check(t.sd_b, batched=True), t.n_pairs),
     "weight_matching": lambda t: weight_matching(t.sd_a, t.sd_b, t.spec, seed=t.seed),
@@ -113,6 +131,8 @@ _SOLVERS: dict[str, Callable] = {
     "deep_align": _deep_align,
     "deep_align_sinkhorn": lambda t: _refine(t, "deep_align_sinkhorn",
                                              t._cache["deep_align_init"]),
+    "wm_heads_plain": lambda t: weight_matching(t.sd_a, t.sd_b, heads_as_plain(t.spec),
+                                                seed=t.seed),
 }
 
 # Refinements reuse their initialiser's perms and add its time to theirs, as the paper's
@@ -130,7 +150,7 @@ def run_method(task: AlignmentTask, name: str) -> tuple:
         Wall time for all P pairs, the initialiser's included for "+ Sinkhorn" methods.
     """
     if name not in _SOLVERS:
-        raise ValueError(f"method must be one of {METHODS}, got {name!r}")
+        raise ValueError(f"method must be one of {METHODS + ABLATIONS}, got {name!r}")
     if name.startswith("deep_align") and task.aligner is None:
         raise ValueError(f"method {name!r} needs a trained aligner")
     if name in task._cache:
