@@ -118,3 +118,27 @@ def block_permutation(perm: torch.Tensor, blocks: int) -> torch.Tensor:
     if parts is None:
         raise ValueError(f"perm is not block-structured with {blocks} blocks")
     return parts[0]
+
+
+def assign_perms(scores, spec) -> dict:
+    """Hard perms maximising ``sum_p <scores[p], P_p>`` over the spec's group.
+
+    Perms outside block groups get their own linear assignment; each block group gets
+    ``block_assignment`` on its members' scores, so the result respects the block structure.
+    Used to round soft plans and similarity matrices that were computed per perm.
+
+    Parameters
+    ----------
+    scores : dict of str to Tensor, each (P, n, n)
+    spec : PermutationSpec
+
+    Returns
+    -------
+    dict of str to Tensor, each (P, n) int64, in ``spec.perm_names`` order
+    """
+    out = {}
+    for group in spec.block_groups:
+        perms, _, _ = block_assignment([scores[p] for p in group.perms], group.blocks)
+        out.update(zip(group.perms, perms))
+    return {name: out[name] if name in out else linear_assignment(scores[name], maximize=True)
+            for name in spec.perm_names}
