@@ -166,8 +166,11 @@ class SimilarityMatrices:
         """``S_name`` of pairs ``idx`` (G,): (G, n, n) float64."""
         fresh = idx[~self.ready[name][idx]]
         if len(fresh) > 0:
+            rows = fresh.tolist()
             for term in self.terms[name]:
-                self.matrices[name].index_add_(0, fresh, term.value(fresh, self.perms).double())
+                value = term.value(fresh, self.perms)
+                for j, i in enumerate(rows):  # add_ converts on the fly: no float64 copy
+                    self.matrices[name][i].add_(value[j])
             self.ready[name][fresh] = True
         return self.matrices[name][idx]
 
