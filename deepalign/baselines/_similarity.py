@@ -90,6 +90,28 @@ class _BilinearTerm:
         return self._select(self.a, idx, rows).mT @ diff
 
 
+class _ColumnTerm:
+    r"""``_BilinearTerm`` for a matrix whose rows carry the solved perm and whose columns carry
+    ``p`` (a ``Linear`` weight read by its output perm): :math:`T_{ij} = \sum_r A_{ir}
+    B_{j p(r)}`, gathered from the weights as they are, so that no transposed copy is kept."""
+
+    def __init__(self, a, b, n, perm):
+        dtype = torch.promote_types(a.dtype, b.dtype)
+        self.a, self.b, self.n, self.perm = a.to(dtype), b.to(dtype), n, perm
+
+    def _columns(self, x, idx, cols):
+        """``x[idx[g], :, cols[g]]``: (G, n, k) for cols (G, k)."""
+        rows = torch.arange(self.n, device=idx.device)
+        return x[idx[:, None, None], rows[None, :, None], cols[:, None, :]]
+
+    def value(self, idx, perms):
+        return self.a[idx] @ self._columns(self.b, idx, perms[self.perm][idx]).mT
+
+    def change(self, idx, rows, old_rows, new_rows, perms):
+        diff = self._columns(self.b, idx, new_rows) - self._columns(self.b, idx, old_rows)
+        return self._columns(self.a, idx, rows) @ diff.mT
+
+
 class _GeneralTerm:
     """A term whose tensor has two or more other permuted axes: evaluated on both sides of a
     change."""
@@ -141,7 +163,9 @@ class SimilarityMatrices:
                     constant[q].append((key, axis))
                     continue
                 for p in dict.fromkeys(p for _, p in others):
-                    if len(others) == 1:
+                    if len(others) == 1 and a[key].dim() == 3 and axis == 0:
+                        term = _ColumnTerm(a[key], b[key], sizes[q], p)
+                    elif len(others) == 1:
                         term = _BilinearTerm(a[key], b[key], axis, sizes[q], others[0][0],
                                              sizes[p], p)
                     else:
