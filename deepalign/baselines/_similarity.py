@@ -90,6 +90,11 @@ class _BilinearTerm:
         return self._select(self.a, idx, rows).mT @ diff
 
 
+# matrices from this many entries per pair on are read in place (_ColumnTerm): below it, the
+# transposed copy of _BilinearTerm costs little memory and its row gathers are faster
+_COLUMN_TERM_SIZE = 1 << 18
+
+
 class _ColumnTerm:
     r"""``_BilinearTerm`` for a matrix whose rows carry the solved perm and whose columns carry
     ``p`` (a ``Linear`` weight read by its output perm): :math:`T_{ij} = \sum_r A_{ir}
@@ -104,7 +109,8 @@ class _ColumnTerm:
         if len(idx) == 1:  # a row-wise gather, several times faster than advanced indexing
             return x[int(idx[0])].index_select(1, cols[0])[None]
         rows = torch.arange(self.n, device=idx.device)
-        return x[idx[:, None, None], rows[None, :, None], cols[:, None, :]]
+        flat = (idx[:, None, None] * self.n + rows[None, :, None]) * x.shape[2] + cols[:, None, :]
+        return x.reshape(-1).take(flat)  # twice as fast as indexing with three tensors
 
     def value(self, idx, perms):
         return self.a[idx] @ self._columns(self.b, idx, perms[self.perm][idx]).mT
@@ -165,7 +171,8 @@ class SimilarityMatrices:
                     constant[q].append((key, axis))
                     continue
                 for p in dict.fromkeys(p for _, p in others):
-                    if len(others) == 1 and a[key].dim() == 3 and axis == 0:
+                    if (len(others) == 1 and a[key].dim() == 3 and axis == 0
+                            and a[key][0].numel() >= _COLUMN_TERM_SIZE):
                         term = _ColumnTerm(a[key], b[key], sizes[q], p)
                     elif len(others) == 1:
                         term = _BilinearTerm(a[key], b[key], axis, sizes[q], others[0][0],
