@@ -12,6 +12,12 @@ each side, after one untimed warm-up pair.
 
     .venv/bin/python benchmarks/bench_alignment.py [--pairs 64] [--sinkhorn-steps 1000]
         [--json PATH]
+
+Section ``gpt2`` (``--section gpt2``, runs alone): weight matching of two GPT-2-small-sized
+networks with heads, against a one-pair scipy implementation of the same algorithm, and
+``linear_assignment`` at n = 3072 against scipy (``_gpt2_matching.py``).
+
+    .venv/bin/python benchmarks/bench_alignment.py --section gpt2 [--gpt2-sweeps 2]
 """
 import argparse
 import json
@@ -133,9 +139,29 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_alignment"),
                         help="folder of the PNG")
-    parser.add_argument("--json", type=Path, default=ROOT / "results" / "alignment_cpu.json",
-                        help="output path of the JSON report")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="output path of the JSON report (default results/alignment_cpu.json"
+                             ", results/alignment_gpt2_cpu.json for --section gpt2)")
+    parser.add_argument("--section", choices=["mlp", "gpt2"], default="mlp")
+    parser.add_argument("--gpt2-sweeps", type=int, default=2,
+                        help="sweeps timed on both sides in the gpt2 section")
+    parser.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--max-sweeps", type=int, default=100, help=argparse.SUPPRESS)
+    parser.add_argument("--perms-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.section == "gpt2":
+        import _gpt2_matching as gpt2
+
+        if args.worker is not None:
+            return gpt2.worker(args.worker, args.max_sweeps, args.seed, args.perms_out)
+        report = gpt2.run_section(Path(__file__).resolve(), args)
+        report["kernel_backends"] = deepalign.ops.compiled_backends()
+        path = args.json or ROOT / "results" / "alignment_gpt2_cpu.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
+        return
+    args.json = args.json or ROOT / "results" / "alignment_cpu.json"
 
     x, y, x_test, y_test = digits()
     weights = train_many(2 * args.pairs, x, y, args.epochs, args.seed)

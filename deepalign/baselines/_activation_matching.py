@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from deepalign.evaluation._data import iter_batches
 from deepalign.evaluation._forward import forward_eval
-from deepalign.ops import linear_assignment
+from deepalign.baselines._block_assignment import assign_perms
 from deepalign.weightspace._fx_spec import trace_permutations
 from deepalign.weightspace._pairs import broadcast_pair, ranks_of
 from deepalign.weightspace._spec import PermutationSpec
@@ -89,6 +89,11 @@ def activation_matching(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     """
     if metric not in ("correlation", "inner"):
         raise ValueError(f"metric must be 'correlation' or 'inner', got {metric!r}")
+    if spec.structured_axes:
+        raise NotImplementedError(
+            "activation_matching supports block groups but not concatenated or grouped axes "
+            f"({', '.join(f'{k}[{a}]' for k, a in list(spec.structured_axes)[:4])}): its "
+            "activation sites come from the torch.fx tracer, which derives plain specs only")
     spec.check(model)
     a, b, batch = broadcast_pair(sd_a, sd_b, ranks_of(spec))
     stats = None
@@ -115,7 +120,7 @@ def activation_matching(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
             s[5] = s[5] + fa.mT @ fb
     if stats is None:
         raise ValueError("data is empty")
-    perms = {}
+    similarities = {}
     for name in spec.perm_names:
         if name not in stats:
             raise ValueError(f"no activations carry perm {name!r}; activation matching needs "
@@ -129,5 +134,6 @@ def activation_matching(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
             std_a = (qa / count - ma**2).clamp(min=0).sqrt()
             std_b = (qb / count - mb**2).clamp(min=0).sqrt()
             sim = cov / (std_a[:, :, None] * std_b[:, None, :] + _EPS)
-        perms[name] = linear_assignment(sim, maximize=True)
+        similarities[name] = sim
+    perms = assign_perms(similarities, spec)
     return perms if batch is not None else {k: p[0] for k, p in perms.items()}

@@ -38,6 +38,9 @@ def merge(state_dicts, spec: PermutationSpec, max_iter: int = 100, seed: int = 0
       perms); stop after a round in which no perm changed, or after ``max_iter`` rounds.
       The result is the mean of the aligned models.
 
+    Structured specs (heads, grouped convolutions) work as in ``weight_matching``; the perms
+    respect every block group.
+
     Parameters
     ----------
     state_dicts : sequence of dicts, or one dict of stacked tensors (N, ...)

@@ -90,6 +90,36 @@ class _BilinearTerm:
         return self._select(self.a, idx, rows).mT @ diff
 
 
+# matrices from this many entries per pair on are read in place (_ColumnTerm): below it, the
+# transposed copy of _BilinearTerm costs little memory and its row gathers are faster
+_COLUMN_TERM_SIZE = 1 << 18
+
+
+class _ColumnTerm:
+    r"""``_BilinearTerm`` for a matrix whose rows carry the solved perm and whose columns carry
+    ``p`` (a ``Linear`` weight read by its output perm): :math:`T_{ij} = \sum_r A_{ir}
+    B_{j p(r)}`, gathered from the weights as they are, so that no transposed copy is kept."""
+
+    def __init__(self, a, b, n, perm):
+        dtype = torch.promote_types(a.dtype, b.dtype)
+        self.a, self.b, self.n, self.perm = a.to(dtype), b.to(dtype), n, perm
+
+    def _columns(self, x, idx, cols):
+        """``x[idx[g], :, cols[g]]``: (G, n, k) for cols (G, k)."""
+        if len(idx) == 1:  # a row-wise gather, several times faster than advanced indexing
+            return x[int(idx[0])].index_select(1, cols[0])[None]
+        rows = torch.arange(self.n, device=idx.device)
+        flat = (idx[:, None, None] * self.n + rows[None, :, None]) * x.shape[2] + cols[:, None, :]
+        return x.reshape(-1).take(flat)  # twice as fast as indexing with three tensors
+
+    def value(self, idx, perms):
+        return self.a[idx] @ self._columns(self.b, idx, perms[self.perm][idx]).mT
+
+    def change(self, idx, rows, old_rows, new_rows, perms):
+        diff = self._columns(self.b, idx, new_rows) - self._columns(self.b, idx, old_rows)
+        return self._columns(self.a, idx, rows) @ diff.mT
+
+
 class _GeneralTerm:
     """A term whose tensor has two or more other permuted axes: evaluated on both sides of a
     change."""
@@ -115,8 +145,8 @@ class SimilarityMatrices:
     axis never change: they are summed up front. The others are added when a pair first
     asks for ``S_q`` (``get``), from its perms at that time; afterwards, when perm ``p``
     changes, ``update`` adds the change of every term where ``p`` sits on another axis
-    (``_BilinearTerm``: proportional to the number of rows of ``p`` that moved; later sweeps
-    move few). Terms are computed in the weights' dtype and accumulated in float64.
+    (``_BilinearTerm``, or ``_ColumnTerm`` for a matrix read by its row perm: proportional to
+    the number of rows of ``p`` that moved; later sweeps move few). Terms are computed in the weights' dtype and accumulated in float64.
 
     Parameters
     ----------
@@ -141,34 +171,53 @@ class SimilarityMatrices:
                     constant[q].append((key, axis))
                     continue
                 for p in dict.fromkeys(p for _, p in others):
-                    if len(others) == 1:
+                    if (len(others) == 1 and a[key].dim() == 3 and axis == 0
+                            and a[key][0].numel() >= _COLUMN_TERM_SIZE):
+                        term = _ColumnTerm(a[key], b[key], sizes[q], p)
+                    elif len(others) == 1:
                         term = _BilinearTerm(a[key], b[key], axis, sizes[q], others[0][0],
                                              sizes[p], p)
                     else:
                         term = _GeneralTerm(a[key], b[key], axes, axis, sizes[q], p)
                     self.dependents[p].append((q, term))
                 self.terms[q].append(term)
-        self.matrices = {}
+        self.matrices, self._scratch = {}, None
         for q, keys in constant.items():
             n = sizes[q]
             self.matrices[q] = torch.zeros(len(perms[q]), n, n, dtype=torch.float64,
                                            device=perms[q].device)
             for key, axis in keys:
-                self.matrices[q] += _term(a[key], b[key], spec.axes_to_perm[key], axis, perms, n)
+                self.matrices[q] += self._double(_term(a[key], b[key], spec.axes_to_perm[key],
+                                                       axis, perms, n))
         self.ready = {q: torch.zeros(len(m), dtype=torch.bool, device=m.device)
                       for q, m in self.matrices.items()}
+
+    def _double(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` in float64, in a buffer reused from call to call (valid until the next
+        call): a fresh float64 tensor per term costs as much again in page faults as the
+        conversion, and mixed-dtype in-place adds are slower still."""
+        if self._scratch is None or self._scratch.numel() < value.numel():
+            self._scratch = torch.empty(value.numel(), dtype=torch.float64, device=value.device)
+        return self._scratch[:value.numel()].view(value.shape).copy_(value)
 
     def affected(self, name: str) -> list:
         """The perms whose similarity matrix depends on perm ``name``."""
         return list(dict.fromkeys(q for q, _ in self.dependents[name]))
 
     def get(self, name: str, idx: torch.Tensor) -> torch.Tensor:
-        """``S_name`` of pairs ``idx`` (G,): (G, n, n) float64."""
+        """``S_name`` of pairs ``idx`` (G,): (G, n, n) float64.
+
+        A run of consecutive pairs (one pair, or all of them) comes back as a view, which the
+        next ``update`` changes: use it before moving a perm."""
         fresh = idx[~self.ready[name][idx]]
         if len(fresh) > 0:
             for term in self.terms[name]:
-                self.matrices[name].index_add_(0, fresh, term.value(fresh, self.perms).double())
+                value = self._double(term.value(fresh, self.perms))
+                self.matrices[name].index_add_(0, fresh, value)
             self.ready[name][fresh] = True
+        start = int(idx[0]) if len(idx) else 0
+        if torch.equal(idx, torch.arange(start, start + len(idx), device=idx.device)):
+            return self.matrices[name][start:start + len(idx)]  # a 75 MB copy at n = 3072
         return self.matrices[name][idx]
 
     def update(self, name: str, idx: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -193,7 +242,7 @@ class SimilarityMatrices:
                     continue
                 change = term.change(idx[sub], part, old[sub].gather(1, part),
                                      new[sub].gather(1, part), self.perms)
-                self.matrices[q].index_add_(0, idx[sub], change.double())
+                self.matrices[q].index_add_(0, idx[sub], self._double(change))
         return idx[[i for group in groups for i in group]]
 
 

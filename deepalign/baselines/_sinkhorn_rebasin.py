@@ -10,18 +10,22 @@ from tqdm.auto import tqdm
 from deepalign.evaluation._barrier import default_loss, per_sample_loss
 from deepalign.evaluation._data import sample_batches
 from deepalign.evaluation._forward import forward_eval
-from deepalign.ops import linear_assignment, sinkhorn_project
+from deepalign.baselines._block_assignment import assign_perms
+from deepalign.ops import sinkhorn_project
 from deepalign.weightspace._pairs import broadcast_pair, ranks_of
 from deepalign.weightspace._permute import classify_perms, permute_tensor
 from deepalign.weightspace._spec import PermutationSpec
+from deepalign.weightspace._structure import GroupedAxis
 
 
-def _initial_logits(init, sizes: dict, width: int, scale: float, generator, like) -> dict:
+def _initial_logits(init, spec, sizes: dict, width: int, scale: float, generator,
+                    like) -> dict:
     if init is None:  # I + 0.1 N(0, 1), the random init of the Sinkhorn re-basin example
         return {name: torch.eye(n, dtype=like.dtype, device=like.device)
                 + 0.1 * torch.randn(width, n, n, generator=generator).to(like)
                 for name, n in sizes.items()}
     batch, hard = classify_perms(init, sizes)
+    spec.check_structure(init)
     if batch not in (None, width):
         raise ValueError(f"init has batch size {batch}, the pairs {width}")
     logits = {}
@@ -53,6 +57,15 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     logits get their own gradient). At the end, the hard permutation is the linear assignment
     maximising :math:`\sum_i Q_{i, p_i}` (the same as on :math:`\log P`, which differs from
     ``Q / tau`` by row and column constants).
+
+    Structured specs (docs/CONTRACTS.md): concatenated axes (packed q/k/v) take the soft
+    perms of their segments side by side. Block groups (attention heads) are relaxed: each
+    member's soft perm ranges over all doubly stochastic matrices, mixing across blocks
+    included, and the structure is imposed at rounding, where every block group is rounded
+    hierarchically on its members' logits (the best block permutation with the best
+    permutations inside the blocks, as weight matching solves a group). Grouped convolution
+    axes are not supported (``NotImplementedError``): a soft perm of a grouped input axis is
+    not a grouped convolution.
 
     Defaults follow Deep-Align's ``CLFBatchSinkhorn`` (Navon et al., ICML 2024): Adam,
     lr 5e-2, 20 Sinkhorn iterations at tau = 1, 1000 steps, the L2 term on. BatchNorm layers
@@ -100,6 +113,12 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
         raise ValueError("need n_steps >= 0, n_sinkhorn >= 0, tau > 0 and lr > 0")
     loss_fn = loss_fn or default_loss
     spec.check(model)
+    grouped = [f"{key}[{axis}]" for (key, axis), item in spec.structured_axes.items()
+               if isinstance(item, GroupedAxis)]
+    if grouped:
+        raise NotImplementedError(f"sinkhorn_rebasin cannot apply soft perms to the grouped "
+                                  f"convolution axes {grouped}; align such models with "
+                                  "weight_matching")
     a, b, batch = broadcast_pair(sd_a, sd_b, ranks_of(spec))
     sizes = spec.check(a, batched=True)
     width = next(iter(a.values())).shape[0]
@@ -108,7 +127,7 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     buffers = {name for name, _ in model.named_buffers()}
     like = a[floats[0]]
     generator = torch.Generator().manual_seed(seed)
-    logits = _initial_logits(init, sizes, width, init_scale, generator, like)
+    logits = _initial_logits(init, spec, sizes, width, init_scale, generator, like)
     for q in logits.values():
         q.requires_grad_(True)
     optimizer = torch.optim.Adam(list(logits.values()), lr=lr)
@@ -117,7 +136,7 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     n_weights = sum(a[k][0].numel() for k in weights)
     batches = sample_batches(data, batch_size, generator, targets_per_pair)
     def rounded() -> dict:
-        return {name: linear_assignment(q.detach(), maximize=True) for name, q in logits.items()}
+        return assign_perms({name: q.detach() for name, q in logits.items()}, spec)
 
     if callback is not None:
         callback(0, rounded())

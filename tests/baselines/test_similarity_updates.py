@@ -4,6 +4,7 @@ import torch
 
 from alignment_nets import digits, stacked, trained
 from deepalign.baselines import matching_cost
+from deepalign.baselines import _similarity
 from deepalign.baselines._similarity import SimilarityMatrices
 from deepalign.weightspace import PermutationSpec, random_permutations
 
@@ -35,14 +36,19 @@ def moved_rows(perm, count, gen):
     return out
 
 
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet", "tensors"])
-def test_updates_match_matrices_rebuilt_from_scratch(kind):
+def test_updates_match_matrices_rebuilt_from_scratch(kind, in_place, monkeypatch):
+    if in_place:  # large matrices are read without a transposed copy (_ColumnTerm)
+        monkeypatch.setattr(_similarity, "_COLUMN_TERM_SIZE", 0)
     spec, a = weights(kind, 3, 0)
     b = weights(kind, 3, 3)[1]
     sizes = spec.check(a, batched=True)
     gen = torch.Generator().manual_seed(1)
     perms = random_permutations(sizes, 3, gen)
     similarity = SimilarityMatrices(a, b, spec, sizes, perms)
+    kinds = {type(t) for terms in similarity.terms.values() for t in terms}
+    assert (_similarity._ColumnTerm in kinds) == (in_place and kind in ("mlp", "tensors"))
     names = spec.perm_names
     similarity.get(names[0], torch.tensor([0, 2]))  # some matrices exist before the updates
     for step in range(6):
