@@ -1,0 +1,67 @@
+"""What a rule sees of one graph node."""
+from __future__ import annotations
+
+import torch
+import torch.fx
+
+from deepalign.weightspace.tracing._engine import AxisEngine
+
+
+def module_path(node) -> tuple:
+    """``(path, type name)`` of the innermost module a node was traced in (``("", "")``)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, kind = list(stack.values())[-1]
+    return path, getattr(kind, "__name__", str(kind)).rsplit(".", 1)[-1]
+
+
+def describe(node) -> str:
+    """Node, op and module path, for error messages."""
+    path, kind = module_path(node)
+    where = f"module {path!r} ({kind})" if path else "the top-level module"
+    return f"node {node.name!r} (op {node.target}) in {where}"
+
+
+class RuleContext:
+    """One node, the engine and the layouts computed so far.
+
+    Attributes
+    ----------
+    node : torch.fx.Node
+    engine : AxisEngine
+    """
+
+    def __init__(self, node: torch.fx.Node, engine: AxisEngine, env: dict):
+        self.node, self.engine, self._env = node, engine, env
+
+    @property
+    def module(self) -> str:
+        return module_path(self.node)[0]
+
+    def arg(self, i: int, name: str | None = None, default=None):
+        """Positional argument ``i`` or keyword ``name``."""
+        if len(self.node.args) > i:
+            return self.node.args[i]
+        return self.node.kwargs.get(name, default) if name else default
+
+    def layout(self, value):
+        """Layout of an argument (``None`` for constants and non-tensors)."""
+        if isinstance(value, torch.fx.Node):
+            return self._env.get(value)
+        return None
+
+    @staticmethod
+    def shape(value) -> tuple | None:
+        meta = value.meta.get("val") if isinstance(value, torch.fx.Node) else None
+        return tuple(int(n) for n in meta.shape) if isinstance(meta, torch.Tensor) else None
+
+    def out_shape(self) -> tuple | None:
+        return self.shape(self.node)
+
+    def tensor_args(self) -> list:
+        return [a for a in self.node.all_input_nodes if self.shape(a) is not None]
+
+    def fail(self, why: str):
+        raise NotImplementedError(f"cannot derive permutations through {describe(self.node)}: "
+                                  f"{why}. Write the PermutationSpec by hand for this model.")
