@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from deepalign.weightspace.tracing._emit import emit
+from deepalign.weightspace.tracing._emit import emit, live_roots
 from deepalign.weightspace.tracing._export import GraphWalk, export_model
 from deepalign.weightspace.tracing._registry import RULES, rule
 
@@ -32,7 +32,7 @@ def derive_symmetry(model: torch.nn.Module, example_input) -> tuple:
     """
     walk = GraphWalk(model, export_model(model, example_input))
     parts = emit(walk.engine, walk.tensors, walk.grouped)
-    walk.check_opaque()
+    walk.check_opaque(live_roots(walk.engine, walk.engine.perm_names))
     return parts
 
 

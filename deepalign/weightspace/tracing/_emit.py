@@ -122,7 +122,7 @@ def emit(engine: AxisEngine, tensors: dict, grouped: dict) -> tuple:
             break
         except _Unexpressible as exc:
             engine.fix(exc.var)
-    names, sizes, taken = {}, {}, set()
+    names, sizes, taken = engine.perm_names, {}, set()
 
     def name_of(root, key):
         if root not in names:
@@ -155,3 +155,14 @@ def emit(engine: AxisEngine, tensors: dict, grouped: dict) -> tuple:
         name = _unique(("H_" if kind == "heads" else "G_") + (module or perms[0][2:]), used)
         block_groups.append(BlockGroup(name, kind, engine.size[outer], tuple(perms)))
     return axes_to_perm, sizes, block_groups
+
+
+def live_roots(engine: AxisEngine, perm_roots) -> set:
+    """Every variable class a perm acts through: the perms, their head axes and head dims."""
+    live = set()
+    for root in perm_roots:
+        live.add(engine.find(root))
+        split = engine.split.get(engine.find(root))
+        if split is not None:
+            live.update(engine.find(v) for v in [split[0], *split[1]])
+    return live

@@ -151,10 +151,11 @@ class GraphWalk:
             self.grouped.update(grouped)
         return out
 
-    def check_opaque(self) -> None:
-        """Raise for the first op without a rule that reads a permuted axis."""
+    def check_opaque(self, live: set) -> None:
+        """Raise for the first op without a rule that reads an axis a perm acts on
+        (``live``: the variable classes of the emitted perms)."""
         for node, variables in self.opaque:
-            if any(not self.engine.is_fixed(v) for v in variables):
+            if any(self.engine.find(v) in live for v in variables):
                 raise NotImplementedError(
                     f"cannot derive permutations through {describe(node)}: no rule for this op, "
                     "and it reads permuted features. Write the PermutationSpec by hand for "
