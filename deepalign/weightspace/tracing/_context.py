@@ -30,10 +30,14 @@ class RuleContext:
     ----------
     node : torch.fx.Node
     engine : AxisEngine
+    grouped : dict of int to int
+        Set by the convolution rule: the variable of a grouped weight's input axis and the
+        channel variable it reads (it becomes a ``GroupedAxis``).
     """
 
     def __init__(self, node: torch.fx.Node, engine: AxisEngine, env: dict):
         self.node, self.engine, self._env = node, engine, env
+        self.grouped: dict = {}
 
     @property
     def module(self) -> str:

@@ -146,9 +146,7 @@ class GraphWalk:
         for lay in _flat_layouts(out):
             for v in self.engine.orphans(lay):  # per-block perms without their block index
                 self.engine.fix(v)
-        grouped = getattr(ctx, "grouped", None)
-        if grouped:
-            self.grouped.update(grouped)
+        self.grouped.update(ctx.grouped)
         return out
 
     def check_opaque(self, live: set) -> None:

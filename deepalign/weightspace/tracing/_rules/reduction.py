@@ -9,9 +9,10 @@ along its axis and pins it; ``max`` over a dim returns indices along it and pins
 from __future__ import annotations
 
 from deepalign.weightspace.tracing._registry import rule
+from deepalign.weightspace.tracing._rules.elementwise import broadcast_tie
 
 
-def _dims(ctx, rank: int, index: int = 1) -> list:
+def _dims(ctx, rank: int, index: int) -> list:
     dims = ctx.arg(index, "dim")
     if dims is None or dims == []:
         return list(range(rank))
@@ -19,9 +20,9 @@ def _dims(ctx, rank: int, index: int = 1) -> list:
     return sorted({d % rank for d in dims})
 
 
-def _reduce(ctx, keepdim_index: int):
+def _reduce(ctx, keepdim_index: int, dim_index: int = 1):
     x = ctx.layout(ctx.arg(0))
-    dims = _dims(ctx, len(x))
+    dims = _dims(ctx, len(x), dim_index)
     keep = ctx.arg(keepdim_index, "keepdim", False)
     out = []
     for i, axis in enumerate(x):
@@ -35,15 +36,8 @@ def _reduce(ctx, keepdim_index: int):
 @rule("aten::mean", "aten::sum", "aten::amax", "aten::amin", "aten::logsumexp", "aten::prod",
       "aten::norm", "aten::linalg_vector_norm", "aten::all", "aten::any")
 def reduce(ctx):
-    name = ctx.node.target._schema.name
-    if name in ("aten::norm", "aten::linalg_vector_norm"):
-        x = ctx.layout(ctx.arg(0))
-        dims = ctx.arg(2, "dim")
-        dims = list(range(len(x))) if dims is None else (
-            [dims] if isinstance(dims, int) else list(dims))
-        keep = ctx.arg(3, "keepdim", False)
-        return tuple(a if i not in {d % len(x) for d in dims} else (("a", ctx.engine.var(1)),)
-                     for i, a in enumerate(x) if keep or i not in {d % len(x) for d in dims})
+    if ctx.node.target._schema.name in ("aten::norm", "aten::linalg_vector_norm"):
+        return _reduce(ctx, 3, dim_index=2)  # norm(x, p, dim, keepdim)
     return _reduce(ctx, 2)
 
 
@@ -60,7 +54,6 @@ def max_dim(ctx):
     x = ctx.layout(ctx.arg(0))
     if not isinstance(ctx.arg(1), int):  # max(x) or max(x, y)
         if len(ctx.tensor_args()) > 1:
-            from deepalign.weightspace.tracing._rules.elementwise import broadcast_tie
             return broadcast_tie(ctx, ctx.tensor_args())
         return ()
     dim = ctx.arg(1) % len(x)
