@@ -24,6 +24,23 @@ class SelfAttention(nn.Module):
         return y if self.batch_first else y.transpose(0, 1)
 
 
+class WeightedAttention(nn.Module):
+    """need_weights=True (no sdpa: bmm, softmax, weights averaged over heads), a causal mask,
+    and the attention weights used downstream."""
+
+    def __init__(self, batch_first=True):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(12, 3, batch_first=batch_first)
+        self.fc = nn.Linear(5, 1)
+
+    def forward(self, x):
+        mask = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)
+        x = x if self.attn.batch_first else x.transpose(0, 1)
+        y, weights = self.attn(x, x, x, attn_mask=mask)
+        y = y if self.attn.batch_first else y.transpose(0, 1)
+        return y + self.fc(weights)
+
+
 class CrossAttention(nn.Module):
     """Separate q/k/v projections (kdim, vdim != embed_dim), keys and values from hidden
     layers of their own, so their inputs carry perms too."""
@@ -137,6 +154,8 @@ class SeparateHeads(nn.Module):
 CASES = {
     "mha": (lambda: SelfAttention(True), (2, 5, 12)),
     "mha_seq_first": (lambda: SelfAttention(False), (2, 5, 12)),
+    "mha_need_weights_mask": (lambda: WeightedAttention(True), (2, 5, 12)),
+    "mha_need_weights_mask_seq_first": (lambda: WeightedAttention(False), (2, 5, 12)),
     "mha_kdim_vdim": (lambda: CrossAttention(True), (2, 5, 12)),
     "mha_kdim_vdim_seq_first": (lambda: CrossAttention(False), (2, 5, 12)),
     "encoder_post_norm": (lambda: Encoder(False), (2, 5, 5)),
@@ -158,13 +177,13 @@ def test_derived_spec_is_an_exact_symmetry(case):
     assert any(g.kind == "heads" for g in spec.block_groups)
 
 
-def test_packed_multihead_attention_spec():
-    spec = PermutationSpec.from_module(SelfAttention(), torch.randn(2, 5, 12))
+@pytest.mark.parametrize("model", [SelfAttention(), WeightedAttention()], ids=["sdpa", "bmm"])
+def test_packed_multihead_attention_spec(model):
+    spec = PermutationSpec.from_module(model, torch.randn(2, 5, 12))
     packed = ("P_attn.qk", "P_attn.qk", "P_attn.v")
-    assert spec.axes_to_perm == {"attn.in_proj_weight": (packed, None),
-                                 "attn.in_proj_bias": (packed,),
-                                 "attn.out_proj.weight": (None, "P_attn.v"),
-                                 "attn.out_proj.bias": (None,)}
+    assert {k: v for k, v in spec.axes_to_perm.items() if k.startswith("attn.")} == {
+        "attn.in_proj_weight": (packed, None), "attn.in_proj_bias": (packed,),
+        "attn.out_proj.weight": (None, "P_attn.v"), "attn.out_proj.bias": (None,)}
     (group,) = spec.block_groups
     assert (group.name, group.kind, group.blocks) == ("H_attn", "heads", 3)
     assert set(group.perms) == {"P_attn.qk", "P_attn.v"}
@@ -198,7 +217,8 @@ def test_vit_class_token_and_positions_carry_the_stream():
     assert len(spec.block_groups) == 2  # one head group per layer
 
 
-@pytest.mark.parametrize("case", ["mha", "hand_sdpa_chunk", "separate_heads"])
+@pytest.mark.parametrize("case", ["mha", "mha_need_weights_mask", "hand_eager_split",
+                                  "separate_heads"])
 def test_mixing_dims_across_heads_breaks_the_function(case):
     make, shape = CASES[case]
     model = make().double().eval()

@@ -43,6 +43,20 @@ class RuleContext:
     def module(self) -> str:
         return module_path(self.node)[0]
 
+    def name_heads(self, axis, suffix: str) -> bool:
+        """Name the split variables whose inner part is in ``axis`` ``<module>.<suffix>`` and
+        their head blocks after this module; return whether ``axis`` held any."""
+        found = False
+        for tag, var in axis:
+            if tag != "i":
+                continue
+            found = True
+            root = self.engine.find(var)
+            self.engine.mark(self.engine.split[root][0], "heads", self.module)
+            if self.module and not self.engine.hint[root]:
+                self.engine.hint[root] = f"{self.module}.{suffix}"
+        return found
+
     def arg(self, i: int, name: str | None = None, default=None):
         """Positional argument ``i`` or keyword ``name``."""
         if len(self.node.args) > i:

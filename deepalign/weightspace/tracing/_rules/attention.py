@@ -32,14 +32,8 @@ def sdpa(ctx):
         for i in range(1, len(mask) + 1):
             if engine.axis_size(mask[-i]) == engine.axis_size(scores[-i]) != 1:
                 engine.tie(mask[-i], scores[-i])
-    for factor in q[-1] + v[-1]:  # name the head blocks after this module
-        if factor[0] == "i":
-            engine.mark(engine.split[engine.find(factor[1])][0], "heads", ctx.module)
-    for factor, hint in ((q[-1], "qk"), (v[-1], "v")):
-        for tag, var in factor:
-            root = engine.find(var)
-            if ctx.module and not engine.hint[root]:
-                engine.hint[root] = f"{ctx.module}.{hint}"
+    ctx.name_heads(q[-1], "qk")
+    ctx.name_heads(v[-1], "v")
     out = batch + (q[-2], v[-1])
     if isinstance(ctx.node.meta.get("val"), (tuple, list)):
         return [out] + [engine.fresh(t.shape, fixed=True) if hasattr(t, "shape") else None

@@ -46,7 +46,15 @@ def matmul_layout(ctx, a, b) -> tuple:
 
 @rule("aten::matmul", "aten::mm", "aten::bmm")
 def matmul(ctx):
-    return matmul_layout(ctx, ctx.layout(ctx.arg(0)), ctx.layout(ctx.arg(1)))
+    a, b = ctx.layout(ctx.arg(0)), ctx.layout(ctx.arg(1))
+    _name_heads(ctx, a, b)
+    return matmul_layout(ctx, a, b)
+
+
+def _name_heads(ctx, a, b) -> None:
+    # attention by hand: scores contract the head dims of q and k, the output carries v's
+    if len(a) > 1 and len(b) > 1 and not ctx.name_heads(a[-1], "qk"):
+        ctx.name_heads(b[-1], "v")
 
 
 @rule("aten::linear")
@@ -64,7 +72,9 @@ def linear(ctx):
 
 @rule("aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::addmv")
 def addmm(ctx):
-    product = matmul_layout(ctx, ctx.layout(ctx.arg(1)), ctx.layout(ctx.arg(2)))
+    a, b = ctx.layout(ctx.arg(1)), ctx.layout(ctx.arg(2))
+    _name_heads(ctx, a, b)
+    product = matmul_layout(ctx, a, b)
     bias, shape = ctx.layout(ctx.arg(0)), ctx.shape(ctx.arg(0))
     out_shape = ctx.out_shape()
     for i in range(1, min(len(shape), len(out_shape)) + 1):
