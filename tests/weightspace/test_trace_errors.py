@@ -91,3 +91,41 @@ def test_model_mode_and_weights_are_untouched():
         PermutationSpec.from_module(model, torch.randn(3, 6))
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class GroupedQuery(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q, self.kv = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        q = self.q(x).view(2, 5, 4, 2).transpose(1, 2)  # 4 query heads
+        k, v = self.kv(x).view(2, 5, 2, 4).transpose(1, 2).chunk(2, dim=-1)  # 2 kv heads
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+
+def test_a_rule_that_gives_up_names_the_reason():
+    with pytest.raises(NotImplementedError, match="grouped-query attention has no rule yet"):
+        PermutationSpec.from_module(GroupedQuery(), torch.randn(2, 5, 8))
+
+
+def test_an_op_reading_a_parameter_without_a_rule_is_refused():
+    model = nn.Sequential(nn.ConvTranspose1d(4, 6, 3), nn.Flatten(), nn.Linear(42, 2))
+    with pytest.raises(NotImplementedError, match=r"op aten.conv_transpose1d.* module '0'"):
+        PermutationSpec.from_module(model, torch.randn(2, 4, 5))
+
+
+class Scrambled(nn.Module):
+    """A reshape that moves features across tokens, on fixed values: harmless."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(x.reshape(3, 4).t().reshape(2, 6)))
+
+
+def test_unrelatable_axes_on_unpermuted_values_are_fine():
+    spec = assert_exact_symmetry(Scrambled(), torch.randn(2, 6, dtype=torch.float64))
+    assert spec.perm_names == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
-from deepalign.weightspace.tracing._engine import AxisEngine
+from deepalign.weightspace.tracing._engine import AxisConflict, AxisEngine
 
 
 def module_path(node) -> tuple:
@@ -81,5 +81,6 @@ class RuleContext:
         return [a for a in self.node.all_input_nodes if self.shape(a) is not None]
 
     def fail(self, why: str):
-        raise NotImplementedError(f"cannot derive permutations through {describe(self.node)}: "
-                                  f"{why}. Write the PermutationSpec by hand for this model.")
+        """Give up on this node: it becomes opaque (outputs never permuted), an error naming
+        the node and ``why`` only if it reads an axis that a perm acts on."""
+        raise AxisConflict(why)

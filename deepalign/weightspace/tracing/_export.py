@@ -79,8 +79,9 @@ class GraphWalk:
     engine : AxisEngine
     tensors : dict of str to layout
         Every state-dict entry (tied names share one layout), in execution order.
-    opaque : list of (node, variables)
-        Ops without a rule: allowed only if none of the variables they read is permuted.
+    opaque : list of (node, variables, reason)
+        Ops without a rule, or whose rule found axes it cannot relate: allowed only if none
+        of the variables they read is permuted.
     """
 
     def __init__(self, model: torch.nn.Module, ep):
@@ -134,15 +135,17 @@ class GraphWalk:
     def visit(self, node, env):
         ctx = RuleContext(node, self.engine, env)
         fn = lookup(node.target)
-        if fn is None:
-            self.opaque.append((node, [v for a in ctx.tensor_args()
-                                       for lay in _flat_layouts(env.get(a))
-                                       for v in self.engine.variables(lay)]))
-            return _layout_of_value(self.engine, node.meta.get("val"), fixed=True)
         try:
+            if fn is None:
+                raise AxisConflict("no rule for this op")
             out = fn(ctx)
         except AxisConflict as exc:
-            ctx.fail(str(exc))
+            # the op stays opaque: its outputs are never permuted, which is exact as long as
+            # it reads no permuted axis either (checked once all ties are known)
+            reads = [v for a in ctx.tensor_args() for lay in _flat_layouts(env.get(a))
+                     for v in self.engine.variables(lay)]
+            self.opaque.append((node, reads, str(exc)))
+            return _layout_of_value(self.engine, node.meta.get("val"), fixed=True)
         for lay in _flat_layouts(out):
             for v in self.engine.orphans(lay):  # per-block perms without their block index
                 self.engine.fix(v)
@@ -152,9 +155,9 @@ class GraphWalk:
     def check_opaque(self, live: set) -> None:
         """Raise for the first op without a rule that reads an axis a perm acts on
         (``live``: the variable classes of the emitted perms)."""
-        for node, variables in self.opaque:
+        for node, variables, why in self.opaque:
             if any(self.engine.find(v) in live for v in variables):
                 raise NotImplementedError(
-                    f"cannot derive permutations through {describe(node)}: no rule for this op, "
-                    "and it reads permuted features. Write the PermutationSpec by hand for "
-                    "this model (or add a rule in deepalign/weightspace/tracing/_rules/).")
+                    f"cannot derive permutations through {describe(node)}: {why}, and it "
+                    "reads permuted features. Write the PermutationSpec by hand for this model "
+                    "(or add a rule in deepalign/weightspace/tracing/_rules/).")
