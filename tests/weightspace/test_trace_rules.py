@@ -84,3 +84,57 @@ def test_slices_of_a_concatenation_keep_their_own_perms():
     head, tail = axes["b.weight"][0]  # b's output is cut in two by split
     assert axes["a.weight"][0] == tail  # stacked and summed with a's output
     assert axes["out.weight"][1] == (tail, head)
+
+
+class HeadBias(nn.Module):
+    """A learned per-head additive attention bias: heads may no longer move (their bias
+    would need the head permutation itself), the dims inside each head still may."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(8, 24), nn.Linear(8, 8)
+        self.bias = nn.Parameter(torch.randn(2, 5, 5))
+
+    def forward(self, x):
+        q, k, v = (t.unflatten(-1, (2, 4)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias)
+        return self.proj(y.transpose(1, 2).flatten(2))
+
+
+class Multiplier(nn.Module):
+    """A depthwise conv with channel multiplier 2 (groups = input channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, groups=4)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv2(torch.relu(self.conv1(x))).mean((2, 3)))
+
+
+class LearnedQueries(nn.Module):
+    """Learned query tokens with a causal mask: the query positions must stay put."""
+
+    def __init__(self):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(1, 5, 6))
+        self.kv, self.out = nn.Linear(6, 12), nn.Linear(6, 2)
+
+    def forward(self, x):
+        k, v = self.kv(x).chunk(2, -1)
+        q = self.queries.expand(x.shape[0], -1, -1)
+        return self.out(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize("make, x", [
+    (HeadBias, (2, 5, 8)), (Multiplier, (2, 3, 6, 6)), (LearnedQueries, (2, 5, 6))],
+    ids=["head_bias", "depthwise_multiplier", "learned_causal_queries"])
+def test_structures_the_format_cannot_name_are_pinned_exactly(make, x):
+    spec = assert_exact_symmetry(make(), torch.randn(*x, dtype=torch.float64))
+    if make is HeadBias:
+        assert spec.axes_to_perm["bias"] == (None, None, None) and not spec.block_groups
+        assert spec.axes_to_perm["qkv.weight"][0] == (
+            "P_qkv", "P_qkv_2", "P_qkv", "P_qkv_2", "P_qkv_3", "P_qkv_4")  # per head
+    if make is LearnedQueries:
+        assert spec.axes_to_perm["queries"][:2] == (None, None)  # features still move

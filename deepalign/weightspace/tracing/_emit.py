@@ -50,11 +50,22 @@ def propagate(engine: AxisEngine) -> None:
 
 
 
+def _block_perms(engine: AxisEngine) -> set:
+    """Classes that are the block permutation of a block group (a head axis, say)."""
+    return {engine.find(outer) for r, (outer, parts) in engine.split.items()
+            if not engine.is_fixed(r) and not engine.is_fixed(outer)
+            and not all(engine.is_fixed(p) for p in parts)}
+
+
 def _classify(engine: AxisEngine, v: int):
     """``None``, ``("perm", root)``, ``("block", root)`` or ``("concat", [roots])``."""
     r = engine.find(v)
     if engine.is_fixed(r):
         return None
+    if r in engine.block_perms:
+        # a tensor indexed by heads (a per-head bias) would need the group's block
+        # permutation itself, which the spec format does not name: pin the blocks
+        raise _Unexpressible(r)
     if r not in engine.split:
         return ("perm", r)
     outer, parts = engine.split[r]
@@ -84,7 +95,7 @@ def _items(engine: AxisEngine, tensors: dict, grouped: dict) -> dict:
                 c = _classify(engine, grouped[engine.find(v)])
                 if c is not None:
                     if c[0] != "perm" or engine.find(c[1]) not in engine.split:
-                        raise _Unexpressible(c[1] if c[0] == "perm" else engine.find(v))
+                        raise _Unexpressible(grouped[engine.find(v)])  # pin the channels
                     c = ("grouped", c[1])
                 items.append(c)
             else:
@@ -117,11 +128,14 @@ def emit(engine: AxisEngine, tensors: dict, grouped: dict) -> tuple:
     grouped = {engine.find(w): v for w, v in grouped.items()}
     while True:
         propagate(engine)
+        engine.block_perms = _block_perms(engine)
         try:
             raw = _items(engine, tensors, grouped)
             break
         except _Unexpressible as exc:
-            engine.fix(exc.var)
+            if not engine.fix(exc.var):  # pinning must make progress, or this never ends
+                raise RuntimeError(f"internal error: axis variable {exc.var} is pinned but "
+                                   "still not expressible") from None
     names, sizes, taken = engine.perm_names, {}, set()
 
     def name_of(root, key):

@@ -37,6 +37,7 @@ class AxisEngine:
         self.split: dict = {}  # root -> (outer var, [part vars])
         self.kind: dict = {}  # outer root -> (kind, module path): who made the blocks
         self.perm_names: dict = {}  # root -> perm name, filled when the spec is emitted
+        self.block_perms: set = set()  # classes moving the blocks of a block group
 
     # variables ----------------------------------------------------------------------------
     def var(self, size: int, fixed: bool = False, hint: str | None = None) -> int:

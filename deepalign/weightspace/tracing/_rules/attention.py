@@ -26,6 +26,8 @@ def sdpa(ctx):
     out_shape = ctx.shape(ctx.node) or tuple(ctx.node.meta["val"][0].shape)
     batch = _tie_batch(ctx, q[:-2], k[:-2], out_shape[:-2])
     batch = _tie_batch(ctx, batch, v[:-2], out_shape[:-2])
+    if ctx.arg(5, "is_causal", False):  # the mask follows token positions: pin them
+        engine.fix_layout((q[-2], k[-2]))
     mask = ctx.layout(ctx.arg(3, "attn_mask"))
     if mask is not None:  # broadcast against (..., L, S)
         scores = batch + (q[-2], k[-2])
