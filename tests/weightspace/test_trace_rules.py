@@ -138,3 +138,24 @@ def test_structures_the_format_cannot_name_are_pinned_exactly(make, x):
             "P_qkv", "P_qkv_2", "P_qkv", "P_qkv_2", "P_qkv_3", "P_qkv_4")  # per head
     if make is LearnedQueries:
         assert spec.axes_to_perm["queries"][:2] == (None, None)  # features still move
+
+
+class Padded(nn.Module):
+    """Circular and reflect padding (F.pad, padding_mode) and an unused parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+        self.conv2 = nn.Conv2d(4, 5, 3)
+        self.unused = nn.Parameter(torch.randn(7))
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = F.pad(torch.relu(self.conv1(x)), (1, 1, 1, 1), mode="reflect")
+        return self.fc(self.conv2(h).mean((2, 3)))
+
+
+def test_padding_passes_channels_and_unused_tensors_are_not_permuted():
+    spec = assert_exact_symmetry(Padded(), torch.randn(2, 3, 6, 6, dtype=torch.float64))
+    assert spec.axes_to_perm["conv2.weight"][:2] == ("P_conv2", "P_conv1")
+    assert spec.axes_to_perm["unused"] == (None,)

@@ -113,6 +113,9 @@ class GraphWalk:
             else:
                 raise NotImplementedError(f"cannot derive permutations through {describe(node)}"
                                           f": {node.op} nodes are not supported")
+        for node in set(holder.values()):
+            if not node.users:  # never read: permuting it would be harmless, and pointless
+                self.engine.fix_layout(env[node])
         missing = [k for k in state if k not in holder]
         if missing:
             raise NotImplementedError(f"state-dict entries {missing[:4]} do not appear in the "

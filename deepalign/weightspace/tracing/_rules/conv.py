@@ -79,3 +79,15 @@ def pool(ctx):
     if isinstance(val, (tuple, list)):  # (values, indices): indices are per channel too
         return [layout, layout]
     return layout
+
+
+@rule("aten::constant_pad_nd", "aten::pad", "aten::reflection_pad1d", "aten::reflection_pad2d",
+      "aten::reflection_pad3d", "aten::replication_pad1d", "aten::replication_pad2d",
+      "aten::replication_pad3d", "aten::circular_pad1d", "aten::circular_pad2d")
+def pad(ctx):
+    # padding the last k axes shifts positions along them: those are pinned (spatial
+    # axes usually are), the leading axes (channels) pass through
+    x = ctx.layout(ctx.arg(0))
+    k = len(ctx.arg(1)) // 2
+    ctx.engine.fix_layout(x[len(x) - k:])
+    return x[:len(x) - k] + ctx.engine.fresh(ctx.out_shape()[len(x) - k:], fixed=True)
