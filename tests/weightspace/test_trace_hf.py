@@ -22,17 +22,17 @@ class Field(nn.Module):
         return out if self.head is None else self.head(out)
 
 
-def gpt2():
+def gpt2(**extra):
     config = transformers.GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=40,
                                      n_positions=16, use_cache=False, bos_token_id=0,
-                                     eos_token_id=0)
+                                     eos_token_id=0, **extra)
     return transformers.GPT2LMHeadModel(config)
 
 
-def bert():
+def bert(**extra):
     config = transformers.BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=24, vocab_size=40,
-                                     max_position_embeddings=16, type_vocab_size=2)
+                                     max_position_embeddings=16, type_vocab_size=2, **extra)
     return transformers.BertModel(config)
 
 
@@ -46,7 +46,10 @@ def vit():
 TOKENS = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(0))
 IMAGES = torch.randn(2, 3, 8, 8, dtype=torch.float64)
 CASES = {"gpt2": (lambda: Field(gpt2(), "logits"), TOKENS),
+         "gpt2_eager": (lambda: Field(gpt2(attn_implementation="eager"), "logits"), TOKENS),
          "bert": (lambda: Field(bert(), "pooler_output", nn.Linear(16, 3)), TOKENS),
+         "bert_eager": (lambda: Field(bert(attn_implementation="eager"), "last_hidden_state"),
+                        TOKENS),
          "vit": (lambda: Field(vit(), "logits"), IMAGES)}
 
 
