@@ -32,7 +32,6 @@ def assert_exact_symmetry(model, x, spec=None, seeds=(0, 1, 2)):
 
 def mix_across_blocks(spec, perms, name):
     """``perms`` with ``name`` replaced by a perm that moves features across its blocks."""
-    n = spec.sizes[name]
     out = dict(perms)
     out[name] = perms[name].roll(1)  # shifts every feature into the neighbouring block
     return out

@@ -9,8 +9,6 @@ from torch import nn
 from deepalign.weightspace import PermutationSpec, check_equivalent
 from trace_helpers import assert_exact_symmetry, mix_across_blocks, random_weights
 
-torch.manual_seed(0)
-
 
 class SelfAttention(nn.Module):
     def __init__(self, batch_first=True):
