@@ -125,3 +125,11 @@ def test_mixing_dims_across_gpt2_heads_breaks_the_function():
     mixed = mix_across_blocks(spec, perms, spec.block_groups[0].perms[0])
     with pytest.raises(AssertionError, match="differs"):
         check_equivalent(model, random_weights(model), free, mixed, TOKENS)
+
+
+def test_keyword_inputs_give_the_same_spec():
+    model = bert()
+    kwargs = {"input_ids": TOKENS, "token_type_ids": TOKENS % 2,
+              "attention_mask": torch.ones_like(TOKENS)}
+    assert PermutationSpec.from_module(model, kwargs) == PermutationSpec.from_module(model,
+                                                                                   TOKENS)
