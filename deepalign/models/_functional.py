@@ -64,7 +64,9 @@ def batched_forward(model: nn.Module, stacked_state_dict: dict, x: torch.Tensor,
         return _vit_forward(model, stacked_state_dict, x, per_model_inputs)
 
     def one(params, inputs):
-        return functional_call(model, params, (inputs,))
+        # tied weights (GPT-2's lm_head and wte) come as two keys: each module reads its own,
+        # so two different values (a spec that permutes them apart) show in the outputs
+        return functional_call(model, params, (inputs,), tie_weights=False)
 
     return vmap(one, in_dims=(0, 0 if per_model_inputs else None))(stacked_state_dict, x)
 

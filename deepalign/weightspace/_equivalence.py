@@ -28,6 +28,7 @@ def check_equivalent(model: torch.nn.Module, state_dict: Mapping, spec: Permutat
     perms : dict of str to Tensor
         Hard perms, ``(n,)`` or ``(B, n)`` (soft perms do not preserve the function).
     inputs : Tensor, shape (N, ...)
+        Floating inputs run in float64; integer inputs (token ids) are passed as they are.
 
     Returns
     -------
@@ -52,7 +53,7 @@ def check_equivalent(model: torch.nn.Module, state_dict: Mapping, spec: Permutat
             permuted = {k: v[None] for k, v in permuted.items()}
     width = next(iter(permuted.values())).shape[0]
     sd64 = {k: v.expand(width, *v.shape[1:]) for k, v in sd64.items()}
-    x = inputs.double()
+    x = inputs.double() if inputs.is_floating_point() else inputs  # token ids stay ints
     with torch.no_grad():
         before = forward_eval(model, sd64, x)
         after = forward_eval(model, permuted, x)

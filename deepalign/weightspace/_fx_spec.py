@@ -1,4 +1,10 @@
-"""Deriving a ``PermutationSpec`` from an ``nn.Module`` with ``torch.fx`` and shape propagation.
+"""Activation sites and correctable layers of an ``nn.Module``, traced with ``torch.fx``.
+
+``PermutationSpec.from_module`` derives specs from ``torch.export`` graphs
+(``deepalign.weightspace.tracing``). This fx tracer stays for the two consumers that rewrite
+a graph of ``call_module`` nodes: activation matching (``sites``) and REPAIR / BatchNorm reset
+(``layers``). It handles plain specs only (no attention, no grouped convolutions); for the
+networks it handles, its spec has the same ties as ``from_module``'s.
 
 Every tensor flowing through the traced graph gets a label: which hidden permutation acts on
 which of its axes (its feature axis), and in blocks of what size after a ``Flatten``. Layers
@@ -292,7 +298,9 @@ class _Tracer:
 
 
 def trace_permutations(model: nn.Module, example_input) -> TracedPermutations:
-    """Trace ``model`` with ``torch.fx`` and derive its ``PermutationSpec``.
+    """Trace ``model`` with ``torch.fx``: its plain ``PermutationSpec``, activation sites and
+    correctable layers (for activation matching and REPAIR; specs of any other model come
+    from ``PermutationSpec.from_module``).
 
     Supported: chains of ``Linear``, ``Conv1d/2d/3d`` (ordinary and depthwise),
     ``BatchNorm*``/``InstanceNorm*``/1-D ``LayerNorm`` (running statistics included),

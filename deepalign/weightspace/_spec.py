@@ -153,13 +153,34 @@ class PermutationSpec:
 
     @classmethod
     def from_module(cls, model: torch.nn.Module, example_input) -> PermutationSpec:
-        """Derive the spec of ``model`` by tracing it with ``torch.fx``.
+        """Derive the spec of ``model`` from its ``torch.export`` graph.
 
-        See ``deepalign.weightspace.trace_permutations`` for the supported layers.
+        Every axis of every tensor in the graph is a variable; each op states which axes are
+        equal (``deepalign.weightspace.tracing``) and the model's inputs and outputs are
+        never permuted. Plain layers give plain perms named ``P_<module>``; attention gives
+        q/k and v perms in a head block group, packed projections concatenated axes, grouped
+        convolutions group block groups and grouped axes (docs/CONTRACTS.md).
+
+        Parameters
+        ----------
+        model : nn.Module
+        example_input : Tensor, tuple of Tensor or dict
+            Positional (or keyword) arguments of ``model.forward``.
+
+        Raises
+        ------
+        ValueError
+            ``example_input`` does not run through ``model``.
+        NotImplementedError
+            An op touching permuted features has no rule (the message names the graph node,
+            the op and the module path), or ``torch.export`` cannot trace the model.
         """
-        from deepalign.weightspace._fx_spec import trace_permutations
+        from deepalign.weightspace.tracing import derive_symmetry
 
-        return trace_permutations(model, example_input).spec
+        axes_to_perm, sizes, block_groups = derive_symmetry(model, example_input)
+        spec = cls(axes_to_perm, sizes, block_groups)
+        spec.check(model)
+        return spec
 
     def to_dict(self) -> dict:
         """JSON-ready git-re-basin-style dict: ``{"axes_to_perm": ..., "perm_to_axes": ...}``

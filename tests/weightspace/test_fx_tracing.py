@@ -1,4 +1,4 @@
-"""Deriving specs with torch.fx: chains, BatchNorm, Flatten blocks, residual ties, errors."""
+"""Deriving specs of plain networks: chains, BatchNorm, Flatten blocks, residual ties, errors."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -97,9 +97,26 @@ class Concat(nn.Module):
         return self.out(torch.cat([self.a(x), self.b(x)], dim=1))
 
 
+def test_concatenated_features_give_a_concatenated_axis():
+    model = Concat()
+    spec = PermutationSpec.from_module(model, X)
+    assert spec.axes_to_perm["out.weight"] == (None, ("P_a", "P_b"))
+    perms = spec.random_perms(torch.Generator().manual_seed(0))
+    assert check_equivalent(model, randomised(model), spec, perms, X) < 1e-9
+
+
+class Sorted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = nn.Linear(64, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.out(torch.sort(self.a(x.flatten(1)), dim=1).values)
+
+
 def test_unsupported_operation_names_the_node():
-    with pytest.raises(NotImplementedError, match="cat"):
-        PermutationSpec.from_module(Concat(), X)
+    with pytest.raises(NotImplementedError, match=r"node 'sort' \(op aten.sort"):
+        PermutationSpec.from_module(Sorted(), X)
 
 
 def test_wrong_example_input_is_a_value_error():

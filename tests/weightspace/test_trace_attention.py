@@ -1,0 +1,232 @@
+"""Derived specs of attention: nn.MultiheadAttention, Transformer layers, a ViT, hand-written."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepalign.weightspace import PermutationSpec, check_equivalent
+from trace_helpers import assert_exact_symmetry, mix_across_blocks, random_weights
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, batch_first=True):
+        super().__init__()
+        self.batch_first = batch_first
+        self.attn = nn.MultiheadAttention(12, 3, batch_first=batch_first)
+
+    def forward(self, x):
+        x = x if self.batch_first else x.transpose(0, 1)
+        y = self.attn(x, x, x, need_weights=False)[0]
+        return y if self.batch_first else y.transpose(0, 1)
+
+
+class WeightedAttention(nn.Module):
+    """need_weights=True (no sdpa: bmm, softmax, weights averaged over heads), a causal mask,
+    and the attention weights used downstream."""
+
+    def __init__(self, batch_first=True):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(12, 3, batch_first=batch_first)
+        self.fc = nn.Linear(5, 1)
+
+    def forward(self, x):
+        mask = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)
+        x = x if self.attn.batch_first else x.transpose(0, 1)
+        y, weights = self.attn(x, x, x, attn_mask=mask)
+        y = y if self.attn.batch_first else y.transpose(0, 1)
+        return y + self.fc(weights)
+
+
+class CrossAttention(nn.Module):
+    """Separate q/k/v projections (kdim, vdim != embed_dim), keys and values from hidden
+    layers of their own, so their inputs carry perms too."""
+
+    def __init__(self, batch_first=True):
+        super().__init__()
+        self.batch_first = batch_first
+        self.keys, self.values = nn.Linear(12, 8), nn.Linear(12, 6)
+        self.attn = nn.MultiheadAttention(12, 3, batch_first=batch_first, kdim=8, vdim=6)
+        self.out = nn.Linear(12, 4)
+
+    def forward(self, x):
+        k, v = torch.relu(self.keys(x)), torch.tanh(self.values(x))
+        if not self.batch_first:
+            x, k, v = x.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
+        y = self.attn(x, k, v, need_weights=False)[0]
+        return self.out(y if self.batch_first else y.transpose(0, 1))
+
+
+class Encoder(nn.Module):
+    def __init__(self, norm_first):
+        super().__init__()
+        self.embed = nn.Linear(5, 12)
+        self.layer = nn.TransformerEncoderLayer(12, 3, 20, dropout=0.0, batch_first=True,
+                                                norm_first=norm_first)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(self.embed(x)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, norm_first):
+        super().__init__()
+        self.embed, self.memory = nn.Linear(5, 12), nn.Linear(5, 12)
+        self.layer = nn.TransformerDecoderLayer(12, 3, 20, dropout=0.0, batch_first=True,
+                                                norm_first=norm_first, activation="gelu")
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        memory = self.memory(x[:, :3])
+        return self.head(self.layer(self.embed(x), memory))
+
+
+class ViT(nn.Module):
+    """Conv patches, an expanded class token, a learned positional embedding."""
+
+    def __init__(self, width=16, heads=4, depth=2, norm_first=True):
+        super().__init__()
+        self.patch = nn.Conv2d(3, width, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, width))
+        self.pos = nn.Parameter(torch.randn(1, 5, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0,
+                                           batch_first=True, norm_first=norm_first,
+                                           activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return self.head(self.norm(self.encoder(x)[:, 0]))
+
+
+class HandAttention(nn.Module):
+    """Packed qkv, chunk/split, view/reshape/transpose/permute heads, sdpa or softmax."""
+
+    def __init__(self, width=12, heads=3, eager=False, split=False):
+        super().__init__()
+        self.heads, self.eager, self.split = heads, eager, split
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 24), nn.GELU(), nn.Linear(24, width))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.norm(x)
+        qkv = self.qkv(h)
+        q, k, v = qkv.split(d, dim=-1) if self.split else qkv.chunk(3, dim=-1)
+        q = q.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+        k = k.reshape(b, t, self.heads, -1).permute(0, 2, 1, 3)
+        v = v.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+        if self.eager:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            y = att.softmax(dim=-1) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(x)
+
+
+class SeparateHeads(nn.Module):
+    """q/k head dim 4, v head dim 6: the two perms of one head group differ in size."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(10, 8), nn.Linear(10, 8), nn.Linear(10, 12)
+        self.o = nn.Linear(12, 10)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, 2, 4).transpose(1, 2)
+        k = self.k(x).view(b, t, 2, 4).transpose(1, 2)
+        v = self.v(x).view(b, t, 2, 6).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).flatten(2))
+
+
+CASES = {
+    "mha": (lambda: SelfAttention(True), (2, 5, 12)),
+    "mha_seq_first": (lambda: SelfAttention(False), (2, 5, 12)),
+    "mha_need_weights_mask": (lambda: WeightedAttention(True), (2, 5, 12)),
+    "mha_need_weights_mask_seq_first": (lambda: WeightedAttention(False), (2, 5, 12)),
+    "mha_kdim_vdim": (lambda: CrossAttention(True), (2, 5, 12)),
+    "mha_kdim_vdim_seq_first": (lambda: CrossAttention(False), (2, 5, 12)),
+    "encoder_post_norm": (lambda: Encoder(False), (2, 5, 5)),
+    "encoder_pre_norm": (lambda: Encoder(True), (2, 5, 5)),
+    "decoder_post_norm": (lambda: Decoder(False), (2, 5, 5)),
+    "decoder_pre_norm": (lambda: Decoder(True), (2, 5, 5)),
+    "vit_pre_norm": (lambda: ViT(norm_first=True), (2, 3, 8, 8)),
+    "vit_post_norm": (lambda: ViT(norm_first=False), (2, 3, 8, 8)),
+    "hand_sdpa_chunk": (lambda: HandAttention(), (2, 5, 12)),
+    "hand_eager_split": (lambda: HandAttention(eager=True, split=True), (2, 5, 12)),
+    "separate_heads": (SeparateHeads, (2, 5, 10)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_derived_spec_is_an_exact_symmetry(case):
+    make, shape = CASES[case]
+    spec = assert_exact_symmetry(make(), torch.randn(*shape, dtype=torch.float64))
+    assert any(g.kind == "heads" for g in spec.block_groups)
+
+
+@pytest.mark.parametrize("model", [SelfAttention(), WeightedAttention()], ids=["sdpa", "bmm"])
+def test_packed_multihead_attention_spec(model):
+    spec = PermutationSpec.from_module(model, torch.randn(2, 5, 12))
+    packed = ("P_attn.qk", "P_attn.qk", "P_attn.v")
+    assert {k: v for k, v in spec.axes_to_perm.items() if k.startswith("attn.")} == {
+        "attn.in_proj_weight": (packed, None), "attn.in_proj_bias": (packed,),
+        "attn.out_proj.weight": (None, "P_attn.v"), "attn.out_proj.bias": (None,)}
+    (group,) = spec.block_groups
+    assert (group.name, group.kind, group.blocks) == ("H_attn", "heads", 3)
+    assert set(group.perms) == {"P_attn.qk", "P_attn.v"}
+
+
+def test_separate_projections_and_kdim_vdim():
+    spec = PermutationSpec.from_module(CrossAttention(), torch.randn(2, 5, 12))
+    axes = spec.axes_to_perm
+    assert axes["attn.q_proj_weight"] == ("P_attn.qk", None)
+    assert axes["attn.k_proj_weight"] == ("P_attn.qk", "P_keys")
+    assert axes["attn.v_proj_weight"] == ("P_attn.v", "P_values")
+    assert axes["attn.in_proj_bias"] == (("P_attn.qk", "P_attn.qk", "P_attn.v"),)
+
+
+def test_encoder_layer_shares_the_residual_stream():
+    spec = PermutationSpec.from_module(Encoder(True), torch.randn(2, 5, 5))
+    axes = spec.axes_to_perm
+    stream = axes["embed.weight"][0]
+    assert axes["layer.norm1.weight"] == (stream,)
+    assert axes["layer.self_attn.in_proj_weight"][1] == stream
+    assert axes["layer.self_attn.out_proj.weight"][0] == stream
+    assert axes["layer.linear1.weight"] == ("P_layer.linear1", stream)
+    assert axes["head.weight"] == (None, stream)
+
+
+def test_vit_class_token_and_positions_carry_the_stream():
+    spec = PermutationSpec.from_module(ViT(), torch.randn(2, 3, 8, 8))
+    stream = spec.axes_to_perm["patch.weight"][0]
+    assert spec.axes_to_perm["cls"] == (None, None, stream)
+    assert spec.axes_to_perm["pos"] == (None, None, stream)
+    assert len(spec.block_groups) == 2  # one head group per layer
+
+
+@pytest.mark.parametrize("case", ["mha", "mha_need_weights_mask", "hand_eager_split",
+                                  "separate_heads"])
+def test_mixing_dims_across_heads_breaks_the_function(case):
+    make, shape = CASES[case]
+    model = make().double().eval()
+    x = torch.randn(*shape, dtype=torch.float64)
+    spec = PermutationSpec.from_module(model, x)
+    group = spec.block_groups[0]
+    free = PermutationSpec(spec.axes_to_perm, spec.sizes)  # the same perms, no head structure
+    sd = random_weights(model)
+    perms = spec.random_perms(torch.Generator().manual_seed(0))
+    for name in group.perms:
+        mixed = mix_across_blocks(spec, perms, name)
+        with pytest.raises(AssertionError, match="differs"):
+            check_equivalent(model, sd, free, mixed, x)
