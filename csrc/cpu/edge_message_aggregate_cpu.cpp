@@ -23,6 +23,7 @@
 #include "checks.h"
 #include "stable_ops.h"
 #include "cpu/parallel.h"
+#include "cpu/simd.h"
 
 namespace deepalign::cpu {
 namespace {
@@ -73,52 +74,59 @@ void check_indices(const Tensor& index, int64_t n, const char* name) {
 }
 
 // One network's channels [c0, c1) of the forward; returns false when it read a NaN or inf.
+// Explicit vectors (simd.h) with target clones: the select and the two scattered adds must not
+// fall back to scalar branches, which cost 10x on random signs.
 template <typename T>
-bool forward_task(const T* __restrict__ xs, const T* __restrict__ xd, const T* __restrict__ e,
-                  const int64_t* src, const int64_t* dst, int64_t n_edges, int64_t c, int64_t c0,
-                  int64_t c1, T* __restrict__ msg, T* __restrict__ to_dst,
-                  T* __restrict__ to_src) {
+DA_SIMD_CLONES bool forward_task(const T* xs, const T* xd, const T* e, const int64_t* src,
+                                 const int64_t* dst, int64_t n_edges, int64_t c, int64_t c0,
+                                 int64_t c1, T* msg, T* to_dst, T* to_src) {
   // v * 0 is 0 for a finite v and NaN otherwise: one running probe catches any NaN or inf
-  // read, at the cost of a multiply-add that vectorises with the rest
-  T probe = 0;
+  // read, at the cost of a multiply-add per vector
+  Vec<T> probe = splat<T>(0);
   for (int64_t k = 0; k < n_edges; ++k) {
-    const T* a = xs + src[k] * c;
-    const T* d = xd + dst[k] * c;
-    const T* ek = e + k * c;
-    T* out = msg + k * c;
-    T* td = to_dst + dst[k] * c;
-    T* ts = to_src + src[k] * c;
-#pragma omp simd reduction(+ : probe)
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const T pre = a[ch] + d[ch] + ek[ch];
+    const T* a = xs + src[k] * c + c0;
+    const T* d = xd + dst[k] * c + c0;
+    const T* ek = e + k * c + c0;
+    T* out = msg + k * c + c0;
+    T* td = to_dst + dst[k] * c + c0;
+    T* ts = to_src + src[k] * c + c0;
+    for_chunks<T>(c1 - c0, [&](int64_t j, auto count) DA_LAMBDA_INLINE {
+      const Vec<T> pre = load_partial(a + j, count, T(0)) + load_partial(d + j, count, T(0)) +
+                         load_partial(ek + j, count, T(0));
       probe += pre * T(0);
-      const T v = pre > T(0) ? pre : T(0);
-      out[ch] = v;
-      td[ch] += v;
-      ts[ch] += v;
-    }
+      const Vec<T> v = pre > T(0) ? pre : splat<T>(0);
+      store_partial(out + j, v, count);
+      store_partial(td + j, load_partial(td + j, count, T(0)) + v, count);
+      store_partial(ts + j, load_partial(ts + j, count, T(0)) + v, count);
+    });
   }
-  return probe == T(0);
+  bool finite = true;
+  for (int l = 0; l < Simd<T>::kLanes; ++l) finite &= probe[l] == T(0);
+  return finite;
 }
 
 // The backward of one task: g = (grad_msg + grad_to_dst[dst] + grad_to_src[src]) * (pre > 0),
-// grad_edge = g, and g scattered to both nodes of its edge.
+// grad_edge = g, and g scattered to both nodes of its edge. The mask is a select, not a
+// multiply: a NaN upstream gradient on a dead edge stays out, as in torch.relu's backward.
 template <typename T>
-void backward_task(const T* __restrict__ gm, const T* __restrict__ gtd, const T* __restrict__ gts,
-                   const T* __restrict__ xs, const T* __restrict__ xd, const T* __restrict__ e,
-                   const int64_t* src, const int64_t* dst, int64_t n_edges, int64_t c, int64_t c0,
-                   int64_t c1, T* __restrict__ g_edge, T* __restrict__ g_src,
-                   T* __restrict__ g_dst) {
+DA_SIMD_CLONES void backward_task(const T* gm, const T* gtd, const T* gts, const T* xs,
+                                  const T* xd, const T* e, const int64_t* src, const int64_t* dst,
+                                  int64_t n_edges, int64_t c, int64_t c0, int64_t c1, T* g_edge,
+                                  T* g_src, T* g_dst) {
   for (int64_t k = 0; k < n_edges; ++k) {
-    const int64_t s = src[k] * c, d = dst[k] * c;
-#pragma omp simd
-    for (int64_t ch = c0; ch < c1; ++ch) {
-      const T pre = xs[s + ch] + xd[d + ch] + e[k * c + ch];
-      const T g = pre > T(0) ? gm[k * c + ch] + gtd[d + ch] + gts[s + ch] : T(0);
-      g_edge[k * c + ch] = g;
-      g_src[s + ch] += g;
-      g_dst[d + ch] += g;
-    }
+    const int64_t s = src[k] * c + c0, d = dst[k] * c + c0, o = k * c + c0;
+    for_chunks<T>(c1 - c0, [&](int64_t j, auto count) DA_LAMBDA_INLINE {
+      const Vec<T> pre = load_partial(xs + s + j, count, T(0)) +
+                         load_partial(xd + d + j, count, T(0)) +
+                         load_partial(e + o + j, count, T(0));
+      const Vec<T> up = load_partial(gm + o + j, count, T(0)) +
+                        load_partial(gtd + d + j, count, T(0)) +
+                        load_partial(gts + s + j, count, T(0));
+      const Vec<T> g = pre > T(0) ? up : splat<T>(0);
+      store_partial(g_edge + o + j, g, count);
+      store_partial(g_src + s + j, load_partial(g_src + s + j, count, T(0)) + g, count);
+      store_partial(g_dst + d + j, load_partial(g_dst + d + j, count, T(0)) + g, count);
+    });
   }
 }
 
