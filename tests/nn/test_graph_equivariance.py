@@ -209,3 +209,44 @@ def test_nan_weights_are_a_clear_error():
     sd["layers.1.weight"][0, 2, 1] = float("nan")
     with pytest.raises(ValueError, match="layers.1.weight.*NaN"):
         encoder(sd)
+
+
+def vit_spec(depth=1, width=8, hidden=16, heads=2):
+    """A hand-written spec of ``deepalign.models.ViT`` (until tracing covers it): one residual
+    stream perm, per block a head group over packed q/k/v and an MLP perm."""
+    axes = {"cls_token": (None, None, "P_res"), "pos_embed": (None, None, "P_res"),
+            "patch.weight": ("P_res", None, None, None), "patch.bias": ("P_res",)}
+    sizes, groups = {"P_res": width}, []
+    for i in range(depth):
+        b, qkv = f"blocks.{i}", (f"P_qk{i}", f"P_qk{i}", f"P_v{i}")
+        axes.update({f"{b}.norm1.weight": ("P_res",), f"{b}.norm1.bias": ("P_res",),
+                     f"{b}.attn.qkv.weight": (qkv, "P_res"), f"{b}.attn.qkv.bias": (qkv,),
+                     f"{b}.attn.proj.weight": ("P_res", f"P_v{i}"),
+                     f"{b}.attn.proj.bias": ("P_res",),
+                     f"{b}.norm2.weight": ("P_res",), f"{b}.norm2.bias": ("P_res",),
+                     f"{b}.fc1.weight": (f"P_mlp{i}", "P_res"), f"{b}.fc1.bias": (f"P_mlp{i}",),
+                     f"{b}.fc2.weight": ("P_res", f"P_mlp{i}"), f"{b}.fc2.bias": ("P_res",)})
+        sizes.update({f"P_qk{i}": width, f"P_v{i}": width, f"P_mlp{i}": hidden})
+        groups.append(BlockGroup(f"H{i}", "heads", heads, (f"P_qk{i}", f"P_v{i}")))
+    axes.update({"norm.weight": ("P_res",), "norm.bias": ("P_res",),
+                 "head.weight": (None, "P_res"), "head.bias": (None,)})
+    return PermutationSpec(axes, sizes, groups)
+
+
+def test_a_whole_vit_is_read_and_encoded_equivariantly():
+    from deepalign.models import ViT
+    from deepalign.weightspace import check_equivalent
+
+    model = ViT(1, (8, 8), patch_size=4, width=8, depth=2, heads=2, hidden=16).double()
+    spec = vit_spec(depth=2)
+    encoder, sd = _setup(model, spec)
+    g = spec.random_perms(torch.Generator().manual_seed(1), batch_size=2)
+    # the spec is the ViT's symmetry: the permuted networks compute the same function
+    one = {k: v[0] for k, v in sd.items()}
+    assert check_equivalent(model, one, spec, {k: v[0] for k, v in g.items()},
+                            torch.randn(3, 1, 8, 8, dtype=torch.float64)) < 1e-9
+    with torch.no_grad():
+        base, moved = encoder(sd), encoder(permute(sd, spec, g))
+    torch.testing.assert_close(moved, _moved(base, g), rtol=1e-10, atol=1e-10)
+    kinds = [s.kind for s in encoder.graph.sets.values()]
+    assert kinds.count("blocks") == 2 and kinds.count("perm") == 7
