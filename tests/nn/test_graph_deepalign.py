@@ -105,3 +105,19 @@ def test_batched_resnet_forward_with_statistics_that_need_a_gradient():
     torch.testing.assert_close(out, plain, rtol=1e-12, atol=1e-12)
     out.sum().backward()
     assert leaves["stem.1.running_mean"].grad.abs().sum() > 0
+
+
+def test_untrained_aligner_recovers_a_planted_permutation():
+    """Equivariance makes F(v, g # v) = g whenever v's units have distinct embeddings, which
+    generic weights give even untrained (the paper's Prop 5.2, for the graph encoder)."""
+    from deepalign.weightspace import permute
+
+    model, spec, a, _ = _pair(RESNET, batch=3)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), encoder="graph",
+                                  **SMALL).double().eval()
+    g = spec.random_perms(torch.Generator().manual_seed(7), batch_size=3,
+                          sizes=spec.check(model.state_dict()))
+    b = permute(a, spec, g)
+    back = permute(b, spec, aligner.align(a, b))
+    for k in a:
+        assert torch.equal(back[k], a[k]), k
