@@ -132,9 +132,7 @@ class WeightGraph:
 
     def _add_tensor(self, key: str, shape: tuple) -> None:
         items = self.spec.axes_to_perm[key]
-        if len(shape) == 0:
-            if any(items):
-                raise ValueError(f"{key!r} is a scalar with perms {items}")
+        if len(shape) == 0:  # (spec.check has made sure it carries no perm)
             raise NotImplementedError(f"graph encoder: scalar parameter {key!r} has no unit to "
                                       "attach to")
         segmented = [a for a, item in enumerate(items) if isinstance(item, tuple)]
