@@ -121,3 +121,15 @@ def test_untrained_aligner_recovers_a_planted_permutation():
     back = permute(b, spec, aligner.align(a, b))
     for k in a:
         assert torch.equal(back[k], a[k]), k
+
+
+def test_eval_encodes_many_networks_in_chunks(monkeypatch):
+    from deepalign.nn.graph import _align
+
+    model, spec, a, b = _pair(CNN, batch=5)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), encoder="graph",
+                                  **SMALL).double().eval()
+    whole = aligner(a, b)
+    monkeypatch.setattr(_align, "CHUNK_ELEMENTS", 1)  # one network per chunk
+    torch.testing.assert_close(aligner(a, b), whole, rtol=1e-12, atol=1e-12)
+    assert aligner.encoder.block_edge is None  # no block groups: no unused parameter

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from deepalign._io import save_atomic
-from deepalign.nn._deepalign import DeepAlign
+from deepalign.nn._deepalign import CHUNK_ELEMENTS, DeepAlign
 from deepalign.nn.graph._encoder import GraphEncoder
 from deepalign.weightspace import PermutationSpec
 from deepalign.weightspace._permute import batch_size_of
@@ -124,9 +124,16 @@ class GraphDeepAlign(DeepAlign):
             raise NotImplementedError(f"the graph encoder runs in its parameters' dtype "
                                       f"({ref.dtype}), not {dtype}")
         joined = {k: torch.cat([sd[k] for sd in batches]).to(ref.device) for k in batches[0]}
-        emb = self.encoder(joined)
-        emb = [nn.functional.normalize(emb[name], dim=-1) * self.scale
-               for name in self.perm_names]
+        n = next(iter(joined.values())).shape[0]
+        # eval: networks are encoded independently, so many pairs run in chunks whose edge
+        # states hold about CHUNK_ELEMENTS values (an MNIST MLP has 134,400 edges)
+        graph = self.encoder.graph
+        per_network = max(1, (len(graph.src) + graph.num_nodes) * self.encoder.hidden)
+        step = n if self.training else max(1, CHUNK_ELEMENTS // per_network)
+        chunks = [self.encoder({k: v[i:i + step] for k, v in joined.items()})
+                  for i in range(0, n, step)]
+        emb = [nn.functional.normalize(torch.cat([c[name] for c in chunks]), dim=-1)
+               * self.scale for name in self.perm_names]
         sizes = [next(iter(sd.values())).shape[0] for sd in batches]
         return [list(chunk) for chunk in zip(*(e.split(sizes) for e in emb))]
 

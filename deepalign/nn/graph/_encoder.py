@@ -71,8 +71,10 @@ class GraphEncoder(nn.Module):
         self.positional = nn.Parameter(torch.randn(len(fixed), hidden) * 0.5)
         self.node_in = nn.ModuleList(nn.Linear(p.features, hidden) for p in graph.node_pieces)
         self.edge_in = nn.ModuleList(nn.Linear(p.features, hidden) for p in graph.edge_pieces)
-        # block edges carry no weight: a learned constant per (block group, member perm)
-        self.block_edge = nn.Parameter(torch.randn(len(graph.block_edges), hidden) * 0.5)
+        # block edges carry no weight: a learned constant per (block group, member perm); no
+        # parameter at all without block groups (DDP refuses parameters that get no gradient)
+        self.block_edge = (nn.Parameter(torch.randn(len(graph.block_edges), hidden) * 0.5)
+                           if graph.block_edges else None)
         self.layers = nn.ModuleList(GraphLayer(hidden) for _ in range(n_layers))
         self.readout = nn.Linear(hidden, out_features)
         n = graph.num_nodes
@@ -147,7 +149,8 @@ class GraphEncoder(nn.Module):
     def _initial_edges(self, sd: dict, b: int) -> torch.Tensor:
         parts = [lin(x) for lin, x in zip(self.edge_in, self.graph.edge_values(sd))]
         counts = self.graph.edge_counts[len(parts):]
-        parts += [row.expand(b, count, -1) for row, count in zip(self.block_edge, counts)]
+        if self.block_edge is not None:
+            parts += [row.expand(b, count, -1) for row, count in zip(self.block_edge, counts)]
         if not parts:
             return self.set_embedding.new_zeros(b, 0, self.hidden)
         return torch.cat(parts, dim=1)
