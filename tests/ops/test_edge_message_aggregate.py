@@ -129,3 +129,21 @@ def test_kernel_checks_indices_itself():
     with pytest.raises(RuntimeError, match="grad_msg must have edge's shape"):
         OPS._edge_message_aggregate_backward(edge[:, :1], x_src, x_src, x_src, x_dst, edge,
                                              dst, dst)
+
+
+def test_fewer_networks_than_threads_split_the_channels():
+    """B = 1 on two threads: each thread owns a channel range of the one network."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = _case(1, 9, 40, 67, seed=11)
+        leaves = [t.clone().requires_grad_() for t in args[:3]]
+        gen = torch.Generator().manual_seed(12)
+        outs = reference.edge_message_aggregate(*leaves, *args[3:])
+        grads = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in outs]
+        torch.testing.assert_close(OPS.edge_message_aggregate(*args), outs, rtol=0, atol=1e-12)
+        torch.testing.assert_close(OPS._edge_message_aggregate_backward(*grads, *args),
+                                   torch.autograd.grad(outs, leaves, grads),
+                                   rtol=1e-12, atol=1e-12)
+    finally:
+        torch.set_num_threads(threads)
