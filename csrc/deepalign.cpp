@@ -33,6 +33,15 @@ STABLE_TORCH_LIBRARY(deepalign, m) {
   // first output is empty (0,) unless keep_output. Inference only (no autograd).
   m.def("linear_relu_pool(Tensor w, Tensor weight, Tensor row_bias, Tensor col_bias, "
         "str reduction, bool keep_output) -> (Tensor, Tensor, Tensor)");
+  // One message-passing step over a weight-space graph shared by a batch of B networks:
+  // msg = relu(x_src[:, src] + x_dst[:, dst] + edge) (B, E, c), summed per destination node
+  // (to_dst) and per source node (to_src), each (B, N, c). src, dst: int64 (E,) in [0, N).
+  m.def("edge_message_aggregate(Tensor x_src, Tensor x_dst, Tensor edge, Tensor src, "
+        "Tensor dst) -> (Tensor, Tensor, Tensor)");
+  // Its backward: (grad_x_src, grad_x_dst, grad_edge).
+  m.def("_edge_message_aggregate_backward(Tensor grad_msg, Tensor grad_to_dst, "
+        "Tensor grad_to_src, Tensor x_src, Tensor x_dst, Tensor edge, Tensor src, Tensor dst) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 // `import deepalign._C` loads this shared library, which runs the registrations above.

@@ -9,7 +9,8 @@ from deepalign.training import Augmentation, TrainConfig, train
 _ENCODER_FLAGS = {"hidden": ("hidden", int), "n_hidden": ("n_hidden", int),
                   "out_features": ("out_features", int), "set_layer": ("set_layer", str),
                   "heads": ("heads", int), "reduction": ("reduction", str),
-                  "downsample": ("downsample", int), "encoder_dropout": ("dropout", float)}
+                  "downsample": ("downsample", int), "encoder_dropout": ("dropout", float),
+                  "graph_layers": ("n_layers", int)}
 
 
 #: ``--time-limit`` without ``--steps``: the clock alone ends the run
@@ -36,7 +37,11 @@ def _run(args) -> int:
     config = TrainConfig(**{k: getattr(args, k) for k in train_fields
                             if getattr(args, k) is not None},
                          augmentation={**vars(Augmentation()), **aug})
-    aligner = train(args.zoo, args.out, args.config, config, resume=args.resume,
+    if args.encoder == "graph" and args.config != "default":
+        raise SystemExit("deepalign train: --config presets are DWS encoders; with --encoder "
+                         "graph configure it with --hidden, --out-features, --graph-layers")
+    encoder = "graph" if args.encoder == "graph" else args.config
+    aligner = train(args.zoo, args.out, encoder, config, resume=args.resume,
                     device=args.device, progress=not args.no_progress,
                     tensorboard=args.tensorboard, **overrides)
     if int(os.environ.get("RANK", "0")):
@@ -55,6 +60,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--config", default="default", choices=sorted(PRESETS),
                    help="encoder preset (default: %(default)s)")
+    p.add_argument("--encoder", default="dws", choices=["dws", "graph"],
+                   help="dws: the DWS layer-chain encoder (MLPs, CNNs); graph: the graph "
+                   "encoder over the permutation spec (any architecture: ResNets, BatchNorm, "
+                   "heads) (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--device", default="cpu")
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")

@@ -153,6 +153,12 @@ def _conv_bn(model: nn.Module, stacked: dict, h: torch.Tensor, conv_name: str, b
     # In train mode view(-1) of the contiguous (B, C) buffers, so that F.batch_norm's in-place
     # update lands in them; in eval mode they may be broadcast views, which reshape copies.
     flat = (lambda t: t.view(-1)) if model.training else (lambda t: t.reshape(-1))
+    if not model.training and (mean.requires_grad or var.requires_grad):
+        # statistics that carry a gradient (an aligner's soft-permuted networks): the same
+        # eval-mode affine map, written out, since native_batch_norm refuses them
+        scale = stacked[f"{bn_name}.weight"].flatten() * torch.rsqrt(flat(var) + bn.eps)
+        shift = stacked[f"{bn_name}.bias"].flatten() - flat(mean) * scale
+        return h * scale[:, None, None] + shift[:, None, None]
     return F.batch_norm(h, flat(mean), flat(var), stacked[f"{bn_name}.weight"].flatten(),
                         stacked[f"{bn_name}.bias"].flatten(), model.training, bn.momentum,
                         bn.eps)

@@ -63,14 +63,31 @@ class DeepAlign(nn.Module):
         self.task = {}
 
     @classmethod
-    def from_spec(cls, spec, state_dict: dict, config="default", **overrides) -> "DeepAlign":
-        """An aligner for networks with ``spec`` shaped like ``state_dict`` (one or a batch)."""
+    def from_spec(cls, spec, state_dict: dict, config="default", encoder: str = "dws",
+                  **overrides) -> "DeepAlign":
+        """An aligner for networks with ``spec`` shaped like ``state_dict`` (one or a batch).
+
+        ``encoder='graph'`` (or ``config='graph'``) builds a
+        :class:`~deepalign.nn.graph.GraphDeepAlign`: the same head on the graph encoder,
+        which reads any spec (residual networks, BatchNorm, heads); ``config`` and
+        ``overrides`` then configure it (``GraphEncoderConfig``).
+        """
+        if encoder == "graph" or _is_graph_config(config):
+            from deepalign.nn.graph._align import GraphDeepAlign
+
+            return GraphDeepAlign(spec, state_dict,
+                                  "graph" if config == "default" else config, **overrides)
+        if encoder != "dws":
+            raise ValueError(f"encoder must be 'dws' or 'graph', got {encoder!r}")
         return cls(WeightLayout.from_spec(spec, state_dict), config, **overrides)
 
     @classmethod
-    def from_zoo(cls, zoo, config="default", **overrides) -> "DeepAlign":
-        """An aligner for the architecture of a ``deepalign.zoo.Zoo`` (classifiers or INRs)."""
-        aligner = cls.from_spec(zoo.spec(), zoo.build_model().state_dict(), config, **overrides)
+    def from_zoo(cls, zoo, config="default", encoder: str = "dws",
+                 **overrides) -> "DeepAlign":
+        """An aligner for the architecture of a ``deepalign.zoo.Zoo`` (classifiers or INRs);
+        ``encoder`` as in :meth:`from_spec`."""
+        aligner = cls.from_spec(zoo.spec(), zoo.build_model().state_dict(), config, encoder,
+                                **overrides)
         aligner.task = {"model": zoo.config, "dataset": zoo.dataset}
         return aligner
 
@@ -88,6 +105,11 @@ class DeepAlign(nn.Module):
     def perm_names(self) -> list:
         """Permutation names, one per hidden neuron set, in execution order."""
         return list(self.layout.perm_names)
+
+    @property
+    def weight_keys(self) -> list:
+        """The ``state_dict`` entries the encoder reads (what alignment losses compare)."""
+        return [k for s in self.layout.slots for k in (s.weight, s.bias) if k]
 
     def _prepare(self, sd_a: dict, sd_b: dict) -> tuple:
         (n_a, batched_a), (n_b, batched_b) = (self.layout.batch_size(sd_a),
@@ -205,9 +227,20 @@ class DeepAlign(nn.Module):
     def load(cls, path, map_location="cpu") -> "DeepAlign":
         """Rebuild a saved aligner (in eval mode)."""
         payload = torch.load(path, map_location=map_location, weights_only=True)
+        from deepalign.nn.graph._align import FORMAT as GRAPH_FORMAT, GraphDeepAlign
+
+        if isinstance(payload, dict) and payload.get("format") == GRAPH_FORMAT:
+            return GraphDeepAlign.from_payload(payload)
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError(f"{path}: not a DeepAlign file (format {_FORMAT})")
+            raise ValueError(f"{path}: not a DeepAlign file (format {_FORMAT} or "
+                             f"{GRAPH_FORMAT})")
         model = cls(WeightLayout.from_dict(payload["layout"]), payload["config"])
         model.load_state_dict(payload["state_dict"])
         model.task = payload.get("task", {})
         return model.eval()
+
+
+def _is_graph_config(config) -> bool:
+    """Whether ``config`` names or configures the graph encoder."""
+    return config == "graph" or getattr(config, "kind", None) == "graph" or (
+        isinstance(config, dict) and config.get("kind") == "graph")

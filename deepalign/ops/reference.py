@@ -108,3 +108,45 @@ def linear_relu_pool(w: torch.Tensor, weight: torch.Tensor, row_bias: torch.Tens
     y = (w @ weight).add_(row_bias[:, :, None]).add_(col_bias[:, None]).relu_()
     pool = torch.mean if reduction == "mean" else torch.amax
     return (y if keep_output else y.new_empty(0)), pool(y, 2), pool(y, 1)
+
+
+EDGE_MESSAGE_DOC = r"""Edge update and per-node aggregation of one message-passing step.
+
+    For a graph of ``N`` nodes and ``E`` directed edges ``k: src[k] -> dst[k]``, shared by a
+    batch of ``B`` networks (each network its own node and edge features)::
+
+        msg[b, k]    = relu(x_src[b, src[k]] + x_dst[b, dst[k]] + edge[b, k])
+        to_dst[b, v] = sum_{k : dst[k] = v} msg[b, k]
+        to_src[b, u] = sum_{k : src[k] = u} msg[b, k]
+
+    ``x_src = h W_s``, ``x_dst = h W_d`` and ``edge = e W_e + b`` are the linear terms of a
+    layer's edge MLP, computed per node / per edge beforehand (``deepalign.nn.graph``); ``msg``
+    is the updated edge feature and the two sums are what each node reads from its edges in
+    either direction. A node with no edge gets zeros. Relabelling the nodes (and ``src``,
+    ``dst`` with them) relabels the outputs: the step is permutation-equivariant.
+
+    Parameters
+    ----------
+    x_src, x_dst : Tensor, shape (B, N, c)
+    edge : Tensor, shape (B, E, c)
+    src, dst : LongTensor, shape (E,)
+        Values in ``[0, N)``. ``E = 0`` and ``B = 0`` are allowed.
+
+    Returns
+    -------
+    msg : Tensor, shape (B, E, c)
+    to_dst, to_src : Tensor, shape (B, N, c)
+
+    NaN or inf in a value an edge reads is an error (``RuntimeError``) in the kernel.
+"""
+
+
+def edge_message_aggregate(x_src: torch.Tensor, x_dst: torch.Tensor, edge: torch.Tensor,
+                           src: torch.Tensor, dst: torch.Tensor) -> tuple:
+    msg = torch.relu(x_src[:, src] + x_dst[:, dst] + edge)
+    to_dst = msg.new_zeros(x_dst.shape).index_add_(1, dst, msg)
+    to_src = msg.new_zeros(x_src.shape).index_add_(1, src, msg)
+    return msg, to_dst, to_src
+
+
+edge_message_aggregate.__doc__ = EDGE_MESSAGE_DOC

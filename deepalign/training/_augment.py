@@ -40,7 +40,9 @@ def augment(sd: dict, layout, aug: Augmentation, generator: torch.Generator) -> 
     ----------
     sd : dict of str to Tensor, each (B, *shape)
         Networks of the layout's architecture (entries outside the layer chain are copied).
-    layout : deepalign.nn.WeightLayout
+    layout : deepalign.nn.WeightLayout or list of str
+        The layer chain (DWS aligner), or the entries to augment for an architecture without
+        one (graph aligner); positive rescaling (``pos_scale``) needs the chain.
     aug : Augmentation
     generator : torch.Generator
 
@@ -48,7 +50,12 @@ def augment(sd: dict, layout, aug: Augmentation, generator: torch.Generator) -> 
     -------
     dict of str to Tensor, each (B, *shape)
     """
-    keys = [k for s in layout.slots for k in (s.weight, s.bias) if k is not None]
+    chain = hasattr(layout, "slots")
+    keys = ([k for s in layout.slots for k in (s.weight, s.bias) if k is not None] if chain
+            else list(layout))
+    if aug.pos_scale and not chain:
+        raise ValueError("pos_scale rescales neurons along a layer chain: set it to 0 for "
+                         "networks without one (the graph aligner)")
     out = dict(sd)
     for k in keys:
         x = sd[k]

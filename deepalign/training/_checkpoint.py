@@ -24,7 +24,8 @@ def save_checkpoint(out: str, aligner, optimizer, step: int, best: dict, config:
     path = os.path.join(out, CHECKPOINT)
     save_atomic({"format": _FORMAT, "step": step, "best": best, "config": config,
                  "elapsed": float(elapsed),
-                 "layout": aligner.layout.to_dict(), "encoder": aligner.config.to_dict(),
+                 "layout": None if aligner.layout is None else aligner.layout.to_dict(),
+                 "encoder": aligner.config.to_dict(),
                  "model": aligner.state_dict(), "optimizer": optimizer.state_dict()}, path)
     return path
 

@@ -86,7 +86,8 @@ class PairSampler:
     nets : dict of str to Tensor, each (N, *shape)
         The training networks (e.g. ``zoo.stacked(zoo.split["train"])``), N >= 2.
     spec : PermutationSpec
-    layout : deepalign.nn.WeightLayout
+    layout : deepalign.nn.WeightLayout or list of str
+        The layer chain, or the entries to augment (``deepalign.training.augment``).
     augmentation : Augmentation
     groups : LongTensor (N,), optional
         Unlabelled pairs only within a group (:class:`PartnerRule`).

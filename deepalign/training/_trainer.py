@@ -106,7 +106,7 @@ class _StepLoss(torch.nn.Module):
         super().__init__()
         self.aligner, self.config, self.loss_fn = aligner, config, loss_fn
         self.spec = spec
-        self.keys = [k for s in aligner.layout.slots for k in (s.weight, s.bias) if k]
+        self.keys = aligner.weight_keys
 
     def forward(self, batch, task_model, x, y, lam) -> tuple:
         cfg = self.config
@@ -141,8 +141,9 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
         Run directory: ``checkpoint.pt``, ``best.pt`` (lowest validation barrier),
         ``final.pt``, ``metrics.csv``, ``curves.png``. Under DDP the replicas are checked to
         be identical at the end (``ddp/max_divergence`` in the metrics; an error otherwise).
-    encoder : str, dict or EncoderConfig
-        Preset name ('default', 'paper') or configuration of the encoder.
+    encoder : str, dict, EncoderConfig or GraphEncoderConfig
+        Preset name ('default', 'paper'), 'graph' (the graph encoder, any architecture) or
+        configuration of the encoder.
     config : TrainConfig
     resume : bool
         Continue from ``out/checkpoint.pt`` (error if there is none).
@@ -181,7 +182,11 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
     augmentation = Augmentation(**config.augmentation)
     if zoo.config["arch"] == "siren":  # sin is not positively homogeneous: no rescaling
         augmentation = replace(augmentation, pos_scale=0.0)
-    sampler = PairSampler(train_nets, spec, aligner.layout, augmentation,
+    chain = aligner.layout
+    if chain is None:  # graph aligner: augment the parameters (not BatchNorm statistics)
+        chain = [name for name, _ in task_model.named_parameters()]
+        augmentation = replace(augmentation, pos_scale=0.0)  # rescaling needs a layer chain
+    sampler = PairSampler(train_nets, spec, chain, augmentation,
                           groups=train_task.groups)
     train_task = train_task.to(device)
     step_loss = _StepLoss(aligner, spec, config, train_task.loss_fn)

@@ -23,6 +23,9 @@ def _opcheck_cases(dtype):
     p = OPS.sinkhorn_project(s.detach(), 50, 1.0)[0]
     w = _randn(2, 4, 3, 5, dtype=dtype, requires_grad=True, seed=4)
     _, _, row_idx, col_idx = OPS.row_col_max(w.detach())
+    node_terms = [_randn(2, 4, 3, dtype=dtype, requires_grad=True, seed=s) for s in (10, 11)]
+    edge = _randn(2, 7, 3, dtype=dtype, requires_grad=True, seed=15)
+    src, dst = torch.tensor([0, 1, 2, 3, 0, 0, 2]), torch.tensor([1, 1, 3, 0, 2, 0, 2])
     return [
         (OPS.sinkhorn_project, (s, 4, 0.5)),
         (OPS.sinkhorn_project, (s, 0, 1.0)),
@@ -44,10 +47,15 @@ def _opcheck_cases(dtype):
         (OPS.linear_relu_pool, (w.detach(), _randn(5, 6, dtype=dtype, seed=7),
                                 _randn(2, 4, 6, dtype=dtype, seed=8),
                                 _randn(2, 3, 6, dtype=dtype, seed=9), "max", False)),
+        (OPS.edge_message_aggregate, (*node_terms, edge, src, dst)),
+        (OPS._edge_message_aggregate_backward,
+         (_randn(2, 7, 3, dtype=dtype, seed=12), _randn(2, 4, 3, dtype=dtype, seed=13),
+          _randn(2, 4, 3, dtype=dtype, seed=14), *(t.detach() for t in node_terms),
+          edge.detach(), src, dst)),
     ]
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(15))
 def test_opcheck(case, dtype):
     op, args = _opcheck_cases(dtype)[case]
     torch.library.opcheck(op, args)
