@@ -16,7 +16,8 @@ def evaluate_zoo(zoo_path: str, aligner_path=None, out=None, n_pairs: int = 64,
     Each method's barrier is measured once per entry of ``corrections`` (None, "reset_bn",
     "repair"), the corrections measuring on ``correction_samples`` training inputs. By
     default ``methods`` are the seven of ``METHODS``, plus the heads ablation when the zoo's
-    spec has attention heads.
+    spec has attention heads; a default method that does not support the zoo's spec is
+    skipped with a note.
     """
     from deepalign.comparison._setup import task_from_zoo
     from deepalign.nn import DeepAlign
@@ -24,7 +25,8 @@ def evaluate_zoo(zoo_path: str, aligner_path=None, out=None, n_pairs: int = 64,
 
     zoo = Zoo(zoo_path)
     aligner = DeepAlign.load(aligner_path) if aligner_path else None
-    if methods is None:
+    chosen = methods is not None
+    if not chosen:
         heads = any(g.kind == "heads" for g in zoo.spec().block_groups)
         methods = list(METHODS) + (list(ABLATIONS) if heads else [])
     if aligner is None:
@@ -32,7 +34,8 @@ def evaluate_zoo(zoo_path: str, aligner_path=None, out=None, n_pairs: int = 64,
     task, test_data = task_from_zoo(zoo, aligner, n_pairs, sinkhorn_steps, seed, progress,
                                     correction_samples)
     task.record_steps = record_steps(sinkhorn_steps)
-    results = compare_methods(task, test_data, methods, n_points, corrections)
+    results = compare_methods(task, test_data, methods, n_points, corrections,
+                              skip_unsupported=not chosen)
     title = f"{os.path.basename(os.path.normpath(zoo_path))}: {task.n_pairs} test pairs"
     print(format_table(results, title))
     curves = barrier_by_step(task, test_data)

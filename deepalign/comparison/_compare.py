@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from deepalign.comparison._methods import (ABLATIONS, CORRECTION_LABELS, LABELS, METHODS,
                                            AlignmentTask, method_spec, run_method)
 from deepalign.evaluation import BarrierResult
+from deepalign.evaluation._barrier import barrier_from_losses
 
 
 @dataclass
@@ -55,13 +56,16 @@ class MethodResult:
 
 
 def compare_methods(task: AlignmentTask, test_data: tuple, methods: Sequence[str] = METHODS,
-                    n_points: int = 25, corrections: Sequence = (None,)) -> list:
+                    n_points: int = 25, corrections: Sequence = (None,),
+                    skip_unsupported: bool = False) -> list:
     """Run ``methods`` on the task's pairs and measure each on ``test_data``.
 
     Every method sees the same pairs; barriers are computed for all pairs at once
     (``deepalign.loss_barrier``), once per entry of ``corrections`` (None, "reset_bn",
     "repair"; measured on ``task.correction_data``). Returns a list of :class:`MethodResult`,
-    method by method in ``methods`` order, each with its ``corrections`` in order.
+    method by method in ``methods`` order, each with its ``corrections`` in order. With
+    ``skip_unsupported``, a method that raises ``NotImplementedError`` for this spec (e.g.
+    activation matching on packed q/k/v) is left out with a printed note instead.
     """
     unknown = [m for m in methods if m not in METHODS + ABLATIONS]
     if unknown:
@@ -71,9 +75,33 @@ def compare_methods(task: AlignmentTask, test_data: tuple, methods: Sequence[str
         raise ValueError(f"corrections must be among {list(CORRECTION_LABELS)}, got {wrong}")
     results = []
     for name in methods:
-        perms, seconds = run_method(task, name)
+        try:
+            perms, seconds = run_method(task, name)
+        except NotImplementedError as exc:
+            if not skip_unsupported:
+                raise
+            print(f"skipped {LABELS[name]}: {exc}")
+            continue
         for correction in corrections:
             curve = task.barrier(perms, test_data, n_points, correction,
                                  method_spec(task, name))
+            if name in ABLATIONS:
+                curve = _against_own_endpoints(task, test_data, correction, curve)
             results.append(MethodResult(name, curve, seconds / task.n_pairs, correction))
     return results
+
+
+def _against_own_endpoints(task: AlignmentTask, test_data, correction, curve) -> BarrierResult:
+    """Re-measure an ablation's path against A's and B's own losses and accuracies.
+
+    Its perms are no symmetry, so its path ends at a different (worse) network than B; a
+    line drawn to that end would hide the damage. The endpoints come from the identity path.
+    """
+    ends = task.barrier(run_method(task, "naive")[0], test_data, 2, correction)
+    barrier, auc, psi = barrier_from_losses(curve.losses, curve.lambdas,
+                                            (ends.losses[..., 0], ends.losses[..., -1]))
+    acc_barrier = curve.acc_barrier
+    if curve.accuracies is not None:
+        acc_barrier = barrier_from_losses(-curve.accuracies, curve.lambdas,
+                                          (-ends.accuracies[..., 0], -ends.accuracies[..., -1]))[0]
+    return replace(curve, barrier=barrier, auc=auc, psi=psi, acc_barrier=acc_barrier)

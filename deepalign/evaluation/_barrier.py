@@ -95,14 +95,18 @@ def path_losses(model: torch.nn.Module, stacked: Mapping, data, loss_fn: Callabl
     return total / count, None if correct is None else correct / count
 
 
-def barrier_from_losses(losses: torch.Tensor, lambdas: torch.Tensor) -> tuple:
+def barrier_from_losses(losses: torch.Tensor, lambdas: torch.Tensor, ends=None) -> tuple:
     r"""Barrier and AUC from losses on a lambda grid that starts at 0 and ends at 1.
 
     :math:`\psi(\lambda) = L(\lambda) - ((1 - \lambda) L(0) + \lambda L(1))`;
     barrier :math:`= \max(0, \max_\lambda \psi)`, AUC :math:`= \max(0, \int_0^1 \psi)`
     (trapezoid rule), as in Navon et al. (ICML 2024, §6). Returns ``(barrier, auc, psi)``.
+    ``ends = (L_A, L_B)``, each shape (...,), replaces the path's own endpoint losses in the
+    line: for a path whose end is not B itself (perms that are not a symmetry).
     """
-    line = (1 - lambdas) * losses[..., :1] + lambdas * losses[..., -1:]
+    first, last = (losses[..., :1], losses[..., -1:]) if ends is None else (
+        ends[0][..., None], ends[1][..., None])
+    line = (1 - lambdas) * first + lambdas * last
     psi = losses - line
     barrier = psi.amax(-1).clamp(min=0)
     auc = torch.trapezoid(psi, lambdas, dim=-1).clamp(min=0)
