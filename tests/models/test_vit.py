@@ -68,3 +68,23 @@ def test_batched_forward_matches_each_model(per_model):
     for b in range(3):
         model.load_state_dict({k: v[b] for k, v in sd.items()})
         torch.testing.assert_close(out[b], model(x[b] if per_model else x))
+
+
+def test_derived_spec_has_the_hand_written_structure_and_is_exact():
+    model = build_model(CONFIG).eval()
+    spec = PermutationSpec.from_module(model, example_input(CONFIG))
+    hand = hand_spec(CONFIG)
+    rename = {}
+    for key, items in hand.axes_to_perm.items():
+        for mine, theirs in zip(items, spec.axes_to_perm[key]):
+            for a, b in zip((mine,) if isinstance(mine, str) else mine or (),
+                            (theirs,) if isinstance(theirs, str) else theirs or ()):
+                assert rename.setdefault(a, b) == b, key
+    assert sorted(rename.values()) == sorted(spec.perm_names)  # one to one
+    assert [(g.kind, g.blocks, tuple(rename[p] for p in h.perms))
+            for g, h in zip(spec.block_groups, hand.block_groups)] == [
+        (h.kind, h.blocks, g.perms) for g, h in zip(spec.block_groups, hand.block_groups)]
+    sd = random_state_dict(model, generator=torch.Generator().manual_seed(3))
+    perms = spec.random_perms(torch.Generator().manual_seed(4))
+    x = torch.randn(3, 2, 8, 6, dtype=torch.float64)
+    assert check_equivalent(model, sd, spec, perms, x) < 1e-9
