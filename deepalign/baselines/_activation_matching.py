@@ -4,51 +4,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.fx
 from tqdm.auto import tqdm
 
+from deepalign.baselines._activation_sites import ActivationProbe, activation_sites, same_symmetry
+from deepalign.baselines._block_assignment import assign_perms
 from deepalign.evaluation._data import iter_batches
 from deepalign.evaluation._forward import forward_eval
-from deepalign.baselines._block_assignment import assign_perms
-from deepalign.weightspace._fx_spec import trace_permutations
 from deepalign.weightspace._pairs import broadcast_pair, ranks_of
 from deepalign.weightspace._spec import PermutationSpec
 
 _EPS = 1e-12
-
-
-def _probe(traced) -> tuple:
-    """A graph module returning every activation site; and ``[(perm, axis), ...]`` per output."""
-    gm = traced.graph_module
-    nodes = {node.name: node for node in gm.graph.nodes}
-    graph, env = torch.fx.Graph(), {}
-    for node in gm.graph.nodes:
-        if node.op != "output":
-            env[node] = graph.node_copy(node, lambda n: env[n])
-    outputs = [(perm, env[nodes[name]], axis)
-               for perm, sites in traced.sites.items() for name, axis in sites]
-    graph.output(tuple(node for _, node, _ in outputs))
-    probe = torch.fx.GraphModule(gm, graph)
-    probe.graph.eliminate_dead_code()  # the layers after the last site are not needed
-    probe.recompile()
-    return probe, [(perm, axis) for perm, _, axis in outputs]
-
-
-def _rename(traced_spec: PermutationSpec, spec: PermutationSpec) -> dict:
-    """Map the traced perm names onto ``spec``'s names; the two must describe the same ties."""
-    mapping = {}
-    for perm, entries in traced_spec.perm_to_axes.items():
-        key, axis = entries[0]
-        mapping[perm] = spec.axes_to_perm.get(key, (None,) * (axis + 1))[axis]
-    for key, axes in traced_spec.axes_to_perm.items():
-        renamed = tuple(None if p is None else mapping[p] for p in axes)
-        if spec.axes_to_perm.get(key) != renamed:
-            raise ValueError(f"spec does not match the symmetry traced from the model at {key!r}: "
-                             f"{spec.axes_to_perm.get(key)} vs traced {renamed}")
-    if len(set(mapping.values())) != len(mapping):
-        raise ValueError(f"spec does not match the symmetry traced from the model: it ties "
-                         f"permutations the model keeps separate ({mapping})")
-    return mapping
 
 
 def activation_matching(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
@@ -57,8 +22,9 @@ def activation_matching(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     r"""Align B to A by matching activations, for one pair or a batch of pairs at once.
 
     Both networks run over ``data`` (eval mode); for every permutation the activations
-    where it acts (the inputs of the layers that read it, e.g. post-ReLU features, traced with
-    ``torch.fx``) are compared unit by unit over all samples (and spatial positions), and the
+    where it acts (the inputs of the layers that read it, e.g. post-ReLU features, or the
+    outputs of the layers that produce it where no layer reads it whole, such as attention's
+    q/k dimensions; ``_activation_sites.py``) are compared unit by unit over all samples (and spatial positions), and the
     permutation is the exact linear assignment maximising the total similarity. Residual
     streams pool all their sites. Each permutation is solved independently in closed form.
 
@@ -72,11 +38,13 @@ def activation_matching(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     Parameters
     ----------
     model : nn.Module
-        The architecture (traceable by ``torch.fx``); not modified.
+        The architecture (traceable by ``torch.export``); not modified.
     sd_a, sd_b : dict of str to Tensor
         Single state_dicts or batches (B). Not modified.
     spec : PermutationSpec
-        Must describe the same ties as the spec traced from ``model`` (names may differ).
+        Must describe the same ties as ``PermutationSpec.from_module(model)`` (names may
+        differ); structured specs (heads, groups, packed projections) are rounded within
+        their group.
     data : Tensor x, pair (x, y), or iterable of such batches
         Labels are ignored.
     batch_size : int, optional
@@ -89,35 +57,33 @@ def activation_matching(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     """
     if metric not in ("correlation", "inner"):
         raise ValueError(f"metric must be 'correlation' or 'inner', got {metric!r}")
-    if spec.structured_axes:
-        raise NotImplementedError(
-            "activation_matching supports block groups but not concatenated or grouped axes "
-            f"({', '.join(f'{k}[{a}]' for k, a in list(spec.structured_axes)[:4])}): its "
-            "activation sites come from the torch.fx tracer, which derives plain specs only")
-    spec.check(model)
     a, b, batch = broadcast_pair(sd_a, sd_b, ranks_of(spec))
+    probe = ActivationProbe(model, activation_sites(model, spec))
+    a = {f"model.{k}": v for k, v in a.items()}
+    b = {f"model.{k}": v for k, v in b.items()}
     stats = None
     for x, _ in tqdm(iter_batches(data, batch_size), desc="activation matching",
                      disable=not progress):
         if stats is None:
-            traced = trace_permutations(model, x[:1])
-            mapping = _rename(traced.spec, spec)
-            probe, outputs = _probe(traced)
-            keys = list(probe.state_dict())  # layers after the last site are gone
+            same_symmetry(PermutationSpec.from_module(model, x[:1]), spec)
             stats = {}
         with torch.no_grad():
-            acts_a = forward_eval(probe, {k: a[k] for k in keys}, x)
-            acts_b = forward_eval(probe, {k: b[k] for k in keys}, x)
-        for (perm, axis), fa, fb in zip(outputs, acts_a, acts_b):
-            fa = fa.movedim(axis + 1, -1).reshape(fa.shape[0], -1, fa.shape[axis + 1]).double()
-            fb = fb.movedim(axis + 1, -1).reshape(fb.shape[0], -1, fb.shape[axis + 1]).double()
-            s = stats.setdefault(mapping[perm], [0, 0.0, 0.0, 0.0, 0.0, 0.0])
-            s[0] += fa.shape[1]
-            s[1] = s[1] + fa.sum(1)
-            s[2] = s[2] + fb.sum(1)
-            s[3] = s[3] + (fa * fa).sum(1)
-            s[4] = s[4] + (fb * fb).sum(1)
-            s[5] = s[5] + fa.mT @ fb
+            acts_a = forward_eval(probe, a, x)
+            acts_b = forward_eval(probe, b, x)
+        for site, fa, fb in zip(probe.calls, acts_a, acts_b):
+            axis = site.axis if site.axis < 0 else site.axis + 1  # past the pair dimension
+            sizes = [n for _, n in site.segments]
+            for (perm, n), pa, pb in zip(site.segments, fa.split(sizes, axis),
+                                         fb.split(sizes, axis)):
+                pa = pa.movedim(axis, -1).reshape(pa.shape[0], -1, n).double()
+                pb = pb.movedim(axis, -1).reshape(pb.shape[0], -1, n).double()
+                s = stats.setdefault(perm, [0, 0.0, 0.0, 0.0, 0.0, 0.0])
+                s[0] += pa.shape[1]
+                s[1] = s[1] + pa.sum(1)
+                s[2] = s[2] + pb.sum(1)
+                s[3] = s[3] + (pa * pa).sum(1)
+                s[4] = s[4] + (pb * pb).sum(1)
+                s[5] = s[5] + pa.mT @ pb
     if stats is None:
         raise ValueError("data is empty")
     similarities = {}

@@ -1,9 +1,8 @@
-"""Activation sites and correctable layers of an ``nn.Module``, traced with ``torch.fx``.
+"""Correctable layers of an ``nn.Module``, traced with ``torch.fx``.
 
 ``PermutationSpec.from_module`` derives specs from ``torch.export`` graphs
 (``deepalign.weightspace.tracing``). This fx tracer stays for the two consumers that rewrite
-a graph of ``call_module`` nodes: activation matching (``sites``) and REPAIR / BatchNorm reset
-(``layers``). It handles plain specs only (no attention, no grouped convolutions); for the
+a graph of ``call_module`` nodes: REPAIR / BatchNorm reset (``layers``). It handles plain specs only (no attention, no grouped convolutions); for the
 networks it handles, its spec has the same ties as ``from_module``'s.
 
 Every tensor flowing through the traced graph gets a label: which hidden permutation acts on
@@ -72,9 +71,6 @@ class TracedPermutations:
     spec : PermutationSpec
     graph_module : torch.fx.GraphModule
         The traced model (shares its parameters with the original module).
-    sites : dict of str to list of (str, int)
-        Per permutation: the graph nodes whose output carries it un-blocked on the given axis
-        and feeds a feature-mixing layer (the activations activation matching compares).
     layers : list of (str, str, str or None, int)
         Every ``Linear``, convolution and normalisation call in execution order, as
         ``(node name, module path, perm on its output or None, channel axis)``: where
@@ -82,7 +78,6 @@ class TracedPermutations:
     """
     spec: PermutationSpec
     graph_module: torch.fx.GraphModule
-    sites: dict
     layers: list
 
 
@@ -95,7 +90,6 @@ class _Tracer:
         self.origin = ["<fixed>"]
         self.labels: dict = {}
         self.axes: dict = {}  # state_dict key -> list of groups per axis (None: unpermuted)
-        self.readers: list = []  # (node, label) of activations read by a mixing layer
         self.layers: list = []  # nodes of Linear / conv / norm calls, in execution order
 
     # union-find --------------------------------------------------------------------------
@@ -232,7 +226,6 @@ class _Tracer:
             return lab
         a = lab.axis
         if lab.block == 1 and dst == src[:a] + (math.prod(src[a:]),):
-            self.readers.append((node.all_input_nodes[0], lab))
             return _Label(a, lab.group, math.prod(src[a + 1:]))
         return self.unsupported(node, f"reshape {src} -> {dst} is not a flatten of the "
                                       f"features (axis {a}) with everything after them")
@@ -259,8 +252,6 @@ class _Tracer:
                 self.unsupported(node, "Linear on a tensor permuted on another axis than last")
             out = self.new_group(module.out_features, name)
             self.record(name, {"weight": (out, group_in), "bias": (out,)})
-            if lab is not None:
-                self.readers.append((node.all_input_nodes[0], lab))
             return _Label(rank - 1, out)
         if isinstance(module, nn.modules.conv._ConvNd):
             if lab is not None and (lab.axis != 1 or lab.block != 1):
@@ -269,8 +260,6 @@ class _Tracer:
             if module.groups == 1:
                 out = self.new_group(module.out_channels, name)
                 self.record(name, {"weight": (out, group_in, *spatial), "bias": (out,)})
-                if lab is not None:
-                    self.readers.append((node.all_input_nodes[0], lab))
                 return _Label(1, out)
             if module.groups == module.in_channels == module.out_channels:
                 self.record(name, {"weight": (group_in, None, *spatial), "bias": (group_in,)})
@@ -298,9 +287,8 @@ class _Tracer:
 
 
 def trace_permutations(model: nn.Module, example_input) -> TracedPermutations:
-    """Trace ``model`` with ``torch.fx``: its plain ``PermutationSpec``, activation sites and
-    correctable layers (for activation matching and REPAIR; specs of any other model come
-    from ``PermutationSpec.from_module``).
+    """Trace ``model`` with ``torch.fx``: its plain ``PermutationSpec`` and correctable
+    layers (for REPAIR; specs of any model come from ``PermutationSpec.from_module``).
 
     Supported: chains of ``Linear``, ``Conv1d/2d/3d`` (ordinary and depthwise),
     ``BatchNorm*``/``InstanceNorm*``/1-D ``LayerNorm`` (running statistics included),
@@ -320,7 +308,7 @@ def trace_permutations(model: nn.Module, example_input) -> TracedPermutations:
     -------
     TracedPermutations
         The spec (perm names ``P_<module>`` after the layer that creates each permutation,
-        entries in execution order), the traced graph and the activation sites.
+        entries in execution order), the traced graph and the correctable layers.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -355,14 +343,9 @@ def trace_permutations(model: nn.Module, example_input) -> TracedPermutations:
     spec = PermutationSpec(axes_to_perm, {p: n for p, n in sizes.items() if p in used})
     spec.check(model)
 
-    sites: dict = {}
-    for node, lab in tracer.readers:
-        perm = name_of(lab.group)
-        if perm is not None and lab.block == 1 and (node.name, lab.axis) not in sites.get(perm, []):
-            sites.setdefault(perm, []).append((node.name, lab.axis))
     layers = []
     for node in tracer.layers:
         lab = tracer.label(node)
         layers.append((node.name, node.target, None if lab is None else name_of(lab.group),
                        len(tracer.shape(node)) - 1 if lab is None else lab.axis))
-    return TracedPermutations(spec, gm, sites, layers)
+    return TracedPermutations(spec, gm, layers)

@@ -4,7 +4,7 @@ import torch
 
 from alignment_nets import digits, state, trained
 from deepalign.baselines import activation_matching, merge, sinkhorn_rebasin
-from deepalign.models import batched_forward
+from deepalign.models import ViT, batched_forward
 from deepalign.testing import random_state_dict
 from deepalign.weightspace import (BlockGroup, PermutationSpec, check_equivalent,
                                    invert_permutations, permute)
@@ -35,11 +35,27 @@ def test_activation_matching_rounds_block_groups_hierarchically():
                                out_a, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", sorted(MODELS))
-def test_activation_matching_refuses_concatenated_and_grouped_axes(kind):
-    model, spec, a, b, _, inputs = planted(kind, 1)
-    with pytest.raises(NotImplementedError, match="concatenated or grouped axes"):
-        activation_matching(model, a, b, spec, inputs().float())
+def zoo_vit(copies, seed=0):
+    """The ViT zoo architecture (sdpa attention, packed q/k/v) with its derived spec."""
+    model = ViT(1, image_size=(8, 8), patch_size=4, width=12, depth=2, heads=3, hidden=10,
+                out_features=5).double()
+    spec = PermutationSpec.from_module(model, torch.zeros(1, 1, 8, 8, dtype=torch.float64))
+    a = random_state_dict(model, generator=torch.Generator().manual_seed(seed))
+    perms = spec.random_perms(torch.Generator().manual_seed(seed + 1), batch_size=copies)
+    return model, spec, a, permute(a, spec, perms), perms, lambda: torch.randn(3, 1, 8, 8)
+
+
+@pytest.mark.parametrize("kind", ["resnext", "zoo_vit"])
+def test_activation_matching_recovers_planted_structured_perms(kind):
+    model, spec, a, b, perms, inputs = zoo_vit(2) if kind == "zoo_vit" else planted(kind, 2)
+    model = model.double()
+    x = torch.cat([inputs() for _ in range(40)]).double()
+    x = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    found = activation_matching(model, a, b, spec, x)
+    spec.check_structure(found)
+    aligned = permute(b, spec, found)
+    for key, value in a.items():
+        torch.testing.assert_close(aligned[key], value.expand_as(aligned[key]))
 
 
 def test_sinkhorn_on_packed_heads_respects_the_blocks():
