@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-
 from deepalign.comparison._methods import (ABLATIONS, CORRECTION_LABELS, LABELS, METHODS,
                                            AlignmentTask, method_spec, run_method)
 from deepalign.evaluation import BarrierResult
