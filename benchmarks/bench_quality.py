@@ -45,8 +45,8 @@ PRESETS = {
                "epochs": 20, "val": 0.025, "test": 0.025, "encoder": {}, "steps": 2700,
                "distill_pairs": 2048},
     "fashion-mnist": {"dataset": "fashion-mnist", "hidden": [64, 64], "in_features": 784,
-                      "count": 1100, "epochs": 3, "val": 0.05, "test": 0.1,
-                      "encoder": {"downsample": 8}, "steps": 1500, "distill_pairs": 1024},
+                      "count": 600, "epochs": 3, "val": 0.05, "test": 0.1,
+                      "encoder": {"downsample": 8}, "steps": 1200, "distill_pairs": 1024},
 }
 
 
