@@ -3,7 +3,8 @@
 * labelled: ``(v, t # aug(v))`` for a random hidden permutation ``t``; the target is the perm
   that aligns B to A, ``t^{-1}`` (``permute(t # v, t^{-1}) = v``, CONTRACTS.md);
 * unlabelled: two different networks of the zoo (of one group, when the zoo has groups: the
-  views of one image in an INR zoo).
+  views of one image in an INR zoo), or, when distilling, a pair solved beforehand
+  (``DistillationTargets``) with its perms.
 
 Everything is drawn from the generator handed to :meth:`PairSampler.sample`, so a run is
 reproducible from ``(seed, step, rank)`` alone and resuming needs no sampler state.
@@ -32,6 +33,8 @@ class PairBatch:
         Another zoo network per item.
     index : LongTensor, (B,)
         Which of the sampler's networks ``a`` holds (to look up per-network targets).
+    distill_target : dict of str to LongTensor, (B, n), optional
+        Perms aligning ``unlabelled_b`` to ``a`` found by an optimiser (distillation).
     """
 
     a: dict
@@ -39,6 +42,7 @@ class PairBatch:
     target: dict
     unlabelled_b: dict
     index: torch.Tensor
+    distill_target: dict | None = None
 
 
 class PartnerRule:
@@ -91,11 +95,14 @@ class PairSampler:
     augmentation : Augmentation
     groups : LongTensor (N,), optional
         Unlabelled pairs only within a group (:class:`PartnerRule`).
+    targets : DistillationTargets, optional
+        Solved pairs of these networks: unlabelled pairs are drawn from them, with their perms.
     """
 
     def __init__(self, nets: dict, spec, layout, augmentation: Augmentation = Augmentation(),
-                 groups: torch.Tensor | None = None):
+                 groups: torch.Tensor | None = None, targets=None):
         self.nets, self.spec, self.layout, self.aug = nets, spec, layout, augmentation
+        self.targets = targets
         self.count = next(iter(nets.values())).shape[0]
         self.partner = PartnerRule(self.count, groups)
         self.sizes = spec.perm_sizes(nets, batched=True)
@@ -118,8 +125,15 @@ class PairSampler:
 
     def sample(self, n: int, generator: torch.Generator) -> PairBatch:
         """``n`` items: random networks, each with a labelled and an unlabelled partner."""
-        i = torch.randint(self.count, (n,), generator=generator)
-        j = self.partner.draw(i, generator)
+        solved = None
+        if self.targets is None:
+            i = torch.randint(self.count, (n,), generator=generator)
+            j = self.partner.draw(i, generator)
+        else:
+            i, j, solved = self.targets.draw(n, generator)
         a = self._take(i)
         b, target = self.partners(a, generator)
-        return PairBatch(a, b, target, self._take(j), i)
+        if solved is not None:
+            device = next(iter(a.values())).device
+            solved = {k: v.to(device) for k, v in solved.items()}
+        return PairBatch(a, b, target, self._take(j), i, solved)

@@ -4,7 +4,10 @@ One step: ``batch_size`` items, each a zoo network ``v`` with a labelled partner
 ``t # aug(v)`` and an unlabelled partner (another zoo network), as the official code's item;
 all ``3 * batch_size`` networks are encoded in one call (``v`` once for both pairs).
 Loss ``= w_s * supervised + w_a * alignment + w_i * interpolation`` (``_losses``), AdamW,
-gradient-norm clipping. Every ``eval_every`` steps the validation barrier
+gradient-norm clipping. With ``distill_weight > 0`` the unlabelled partners come from a bank of
+training pairs solved once by weight matching + Sinkhorn re-basin (``_distill``, cached in
+``targets.pt``), and ``w_d * distillation`` pulls the aligner's plans towards their perms.
+Every ``eval_every`` steps the validation barrier
 (``BarrierValidator``) selects ``best.pt``; every ``checkpoint_every`` steps ``checkpoint.pt``
 is written atomically so that ``resume=True`` after a kill repeats at most that many steps.
 The pairs, images and interpolation weights of step ``s`` on rank ``r`` come from a generator
@@ -26,6 +29,7 @@ from deepalign.nn import DeepAlign
 from deepalign.training._allocator import keep_freed_memory
 from deepalign.training._augment import Augmentation
 from deepalign.training._checkpoint import BEST, load_checkpoint, save_checkpoint
+from deepalign.training._distill import distillation_loss, distillation_targets
 from deepalign.training._distributed import (any_rank, barrier_if_distributed,
                                              broadcast_buffers, init_distributed,
                                              max_divergence)
@@ -56,6 +60,13 @@ class TrainConfig:
     should set ``steps`` to what fits, or the decay is cut short). ``precision``: the encoder's
     activations while training, 'float32' or 'bfloat16' (mixed precision: float32 master
     weights, optimiser and losses; see ``DeepAlign.embed``). Validation always runs in float32.
+
+    ``distill_weight``: weight of the distillation loss (0: off, the paper's training). Then
+    ``distill_pairs`` training pairs are solved before the first step by weight matching and
+    ``distill_steps`` steps of Sinkhorn re-basin (0: weight matching alone), each step's
+    unlabelled partners are drawn from them, and the cross-entropy of the aligner's plans
+    (``distill_iters`` Sinkhorn iterations at ``tau``) against their perms joins the loss. The
+    targets' compute time counts towards ``time_limit``.
     """
 
     steps: int = 1500
@@ -78,13 +89,19 @@ class TrainConfig:
     seed: int = 0
     time_limit: float = 0.0
     precision: str = "float32"
+    distill_weight: float = 0.0
+    distill_pairs: int = 2048
+    distill_steps: int = 300
+    distill_iters: int = 20
     augmentation: dict = field(default_factory=lambda: asdict(Augmentation()))
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "image_batch", "eval_every", "checkpoint_every",
-                     "val_pairs", "sinkhorn_iters"):
+                     "val_pairs", "sinkhorn_iters", "distill_pairs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.distill_weight < 0 or self.distill_steps < 0 or self.distill_iters < 0:
+            raise ValueError("distill_weight, distill_steps and distill_iters must be >= 0")
         Augmentation(**self.augmentation)
         if self.lr_schedule not in _SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {sorted(_SCHEDULES)}, "
@@ -122,6 +139,11 @@ class _StepLoss(torch.nn.Module):
                                                     self.loss_fn)
         loss = (cfg.supervised_weight * parts["supervised"] + cfg.alignment_weight *
                 parts["alignment"] + cfg.interpolation_weight * parts["interpolation"])
+        if batch.distill_target is not None:
+            parts["distillation"] = distillation_loss(self.aligner.logits(emb_a, emb_unl),
+                                                      batch.distill_target, cfg.distill_iters,
+                                                      cfg.tau)
+            loss = loss + cfg.distill_weight * parts["distillation"]
         return loss, parts
 
 
@@ -182,12 +204,18 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
     augmentation = Augmentation(**config.augmentation)
     if zoo.config["arch"] == "siren":  # sin is not positively homogeneous: no rescaling
         augmentation = replace(augmentation, pos_scale=0.0)
+    targets = None
+    if config.distill_weight > 0:
+        targets = _distillation_targets(zoo, spec, train_nets, train_task, config, out,
+                                        rank == 0, progress)
+        if not resume:
+            elapsed = targets.seconds
     chain = aligner.layout
     if chain is None:  # graph aligner: augment the parameters (not BatchNorm statistics)
         chain = [name for name, _ in task_model.named_parameters()]
         augmentation = replace(augmentation, pos_scale=0.0)  # rescaling needs a layer chain
     sampler = PairSampler(train_nets, spec, chain, augmentation,
-                          groups=train_task.groups)
+                          groups=train_task.groups, targets=targets)
     train_task = train_task.to(device)
     step_loss = _StepLoss(aligner, spec, config, train_task.loss_fn)
     runner = step_loss if world == 1 else DistributedDataParallel(step_loss)
@@ -259,6 +287,24 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
     if divergence:
         raise RuntimeError(f"data-parallel replicas diverged (max |diff| {divergence:.3g})")
     return aligner
+
+
+def _distillation_targets(zoo, spec, nets, task, config, out, lead, progress):
+    """The solved training pairs, computed on rank 0 (on the CPU) and cached in
+    ``out/targets.pt``."""
+    if zoo.fits_images:
+        raise ValueError("distillation targets need a classifier zoo (INR views pair only "
+                         "with views of their own image)")
+    path = os.path.join(out, "targets.pt")
+    nets = {k: v.cpu() for k, v in nets.items()}
+    args = (nets, spec, zoo.build_model(), (task.x.cpu(), task.y.cpu()))
+    kwargs = dict(n_pairs=config.distill_pairs, sinkhorn_steps=config.distill_steps,
+                  seed=config.seed, path=path, loss_fn=task.loss_fn)
+    if lead:
+        os.makedirs(out, exist_ok=True)
+        distillation_targets(*args, progress=progress, **kwargs)
+    barrier_if_distributed()
+    return distillation_targets(*args, **kwargs)  # reads the finished file
 
 
 def _validate(aligner, validator, log, step: int, best: dict, out: str) -> dict:
