@@ -56,10 +56,12 @@ def fold_rescale(stacked: dict, sites: list, coefficients: list) -> dict:
 def fold_running_stats(stacked: dict, layers: list, stats: list) -> dict:
     """Write re-estimated ``(mean, var)`` (M, 2, C) into each BatchNorm's running statistics.
 
+    ``layers`` are the BatchNorms' module paths, one per call (a later call's statistics win).
+
     ``num_batches_tracked`` becomes 1, as after one training-mode batch from reset statistics.
     """
     out = dict(stacked)
-    for (_, module), s in zip(layers, stats):
+    for module, s in zip(layers, stats):
         tracked = f"{module}.num_batches_tracked"
         if tracked in stacked:
             out[tracked] = torch.ones_like(stacked[tracked])

@@ -1,16 +1,15 @@
 """Per-channel statistics of many networks at once, read (or corrected) inside one forward pass.
 
-The traced model's graph gets a small function after each site. With the whole data in one
-batch, a site that rescales its channels does so before any later layer runs, so one pass is
-exactly the layer-by-layer procedure of REPAIR (Jordan et al., ICLR 2023): every site's
-statistics are measured with all earlier corrections in place. The graph then returns only
-the per-site statistics (or coefficients), and everything after the last site is dropped.
+A forward hook on each site's module applies a small function to the layer's output and
+returns the result in its place. With the whole data in one batch, a site that rescales its
+channels does so before any later layer runs, so one pass is exactly the layer-by-layer
+procedure of REPAIR (Jordan et al., ICLR 2023): every site's statistics are measured with all
+earlier corrections in place. Hooks run under ``torch.func`` (``vmap`` over
+``functional_call``), so any module that runs eagerly works, attention included; the per-site
+statistics (or coefficients) come back as outputs of the vectorised function.
 """
 from __future__ import annotations
 
-import copy
-import math
-import operator
 
 import torch
 from torch.func import functional_call, vmap
@@ -71,84 +70,72 @@ def batchnorm_reset(x: torch.Tensor, weight, bias, eps: float) -> tuple:
     return y, torch.stack([mean, var * (count / max(count - 1, 1))])
 
 
-def instrument(traced, points: list, mode: str) -> torch.fx.GraphModule:
-    """A copy of the traced graph that returns one (2, C) tensor per point.
+def _apply(mode: str, point, module, args, out, target) -> tuple:
+    """``(corrected output, (2, C) result)`` of ``mode`` at one point."""
+    if mode == "batchnorm_reset":
+        return batchnorm_reset(args[0], module.weight, module.bias, module.eps)
+    if mode == "rescale":
+        return rescale(out, point.axis, target)
+    return observe(out, point.axis)
+
+
+def run_instrumented(model: torch.nn.Module, points: list, mode: str, stacked: dict,
+                     x: torch.Tensor, targets: list | None = None,
+                     chunk: int | None = None) -> list:
+    """Run ``model`` with ``points`` instrumented for every network of ``stacked`` (M, ...).
+
+    The whole of ``x`` goes through in one batch; forward hooks on the points' modules read
+    (or correct) each point's output as the layer returns it, before any later layer runs,
+    so one pass is exactly the layer-by-layer procedure of REPAIR. The networks run at once
+    with ``vmap`` over ``functional_call``, ``chunk`` at a time.
 
     Parameters
     ----------
-    traced : TracedPermutations
-    points : list of CorrectionSite (modes "observe" and "rescale") or list of
-        (node name, module path) of BatchNorm layers (mode "batchnorm_reset")
+    model : nn.Module
+        The architecture; put in eval mode for the call (its own weights are not used).
+    points : list of CorrectionSite (modes "observe" and "rescale") or list of module paths
+        of BatchNorm layers (mode "batchnorm_reset"), one per call, in execution order.
     mode : str
-        "observe": return each site's mean and std. "rescale": the module takes one extra
-        input per site, its target (2, C), rescales the site to it on the fly and returns
-        ``(scale, shift)``. "batchnorm_reset": every listed BatchNorm normalises with the
-        statistics of the batch and returns them.
+        "observe": each site's mean and std. "rescale": each site is rescaled on the fly to
+        its target, ``targets[i]`` (M, 2, C), and returns ``(scale, shift)``.
+        "batchnorm_reset": every listed BatchNorm normalises with the statistics of the batch
+        and returns them (mean, unbiased var).
+    stacked : dict of str to Tensor, each (M, ...)
+    x : Tensor, shape (N, ...)
+
+    Returns
+    -------
+    list of Tensor, each (M, 2, C)
+        One per point.
     """
-    gm = traced.graph_module
-    graph = copy.deepcopy(gm.graph)
-    nodes = {n.name: n for n in graph.nodes}
-    last_input = [n for n in graph.nodes if n.op == "placeholder"][-1]
-    results = []
-    for k, point in enumerate(points):
-        if mode == "batchnorm_reset":
-            node, module = nodes[point[0]], gm.get_submodule(point[1])
-            with graph.inserting_before(node):
-                params = [graph.get_attr(f"{point[1]}.{p}") if module.affine else None
-                          for p in ("weight", "bias")]
-                call = graph.call_function(batchnorm_reset,
-                                           (node.args[0], *params, module.eps))
-        else:
-            node = nodes[point.node]
-            extra = ()
-            if mode == "rescale":
-                with graph.inserting_after(last_input):
-                    last_input = graph.placeholder(f"target_{k}")
-                extra = (last_input,)
-            with graph.inserting_after(node):
-                call = graph.call_function(observe if mode == "observe" else rescale,
-                                           (node, point.axis, *extra))
-        with graph.inserting_after(call):
-            value = graph.call_function(operator.getitem, (call, 0))
-        with graph.inserting_after(value):
-            results.append(graph.call_function(operator.getitem, (call, 1)))
-        node.replace_all_uses_with(value, delete_user_cb=lambda user: user is not call)
-        if mode == "batchnorm_reset":
-            graph.erase_node(node)
-    output = next(n for n in graph.nodes if n.op == "output")
-    output.args = (tuple(results),)
-    module = torch.fx.GraphModule(gm, graph)
-    module.graph.eliminate_dead_code()
-    module.delete_all_unused_submodules()
-    module.recompile()
-    return module
-
-
-def chunk_size(traced, n_samples: int) -> int:
-    """Networks per vectorised pass so that their activations on the data fit the budget."""
-    largest = max((math.prod(n.meta["tensor_meta"].shape) for n in traced.graph_module.graph.nodes
-                   if hasattr(n.meta.get("tensor_meta"), "shape")), default=1)
-    # float32 activations; a site holds its input, output and temporaries at once
-    per_network = 4 * largest * max(n_samples, 1) * 8
-    return max(1, ACTIVATION_BUDGET // per_network)
-
-
-def run_instrumented(model: torch.nn.Module, module: torch.fx.GraphModule, stacked: dict,
-                     x: torch.Tensor, targets: list | None = None,
-                     chunk: int | None = None) -> list:
-    """Run ``module`` for every network of ``stacked`` (M, ...) on all of ``x`` at once.
-
-    Returns one tensor per point, shape (M, 2, C). ``model`` is the user's module, put in eval
-    mode for the call (the instrumented graph shares its layers).
-    """
-    keys = set(module.state_dict())
+    keys = set(model.state_dict())
     params = {k: v for k, v in stacked.items() if k in keys}
     count = next(iter(stacked.values())).shape[0]
     targets = targets or []
     step = chunk or count
+    calls: dict = {}  # module path -> indices of its points, in call order
+    for i, point in enumerate(points):
+        calls.setdefault(point if mode == "batchnorm_reset" else point.module, []).append(i)
 
     def one(p, t):
-        return functional_call(module, p, (x, *t))
+        captured = [None] * len(points)
+        handles = []
+        for path, indices in calls.items():
+            order = iter(indices)
+
+            def hook(module, args, out, order=order):
+                i = next(order)
+                y, captured[i] = _apply(mode, points[i], module, args, out,
+                                        t[i] if t else None)
+                return y  # replaces the layer's output: later layers read the corrected one
+
+            handles.append(model.get_submodule(path).register_forward_hook(hook))
+        try:
+            functional_call(model, p, (x,))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return tuple(captured)
 
     outs = []
     with eval_mode(model), torch.no_grad():
@@ -156,3 +143,13 @@ def run_instrumented(model: torch.nn.Module, module: torch.fx.GraphModule, stack
             part = {k: v[start:start + step] for k, v in params.items()}
             outs.append(vmap(one)(part, [t[start:start + step] for t in targets]))
     return [torch.cat([o[i] for o in outs]) for i in range(len(outs[0]))]
+
+
+def chunk_size(activation_size: int, n_samples: int) -> int:
+    """Networks per vectorised pass so that their activations on the data fit the budget.
+
+    ``activation_size`` is the largest intermediate tensor's number of elements per sample.
+    """
+    # float32 activations; a site holds its input, output and temporaries at once
+    per_network = 4 * activation_size * max(n_samples, 1) * 8
+    return max(1, ACTIVATION_BUDGET // per_network)

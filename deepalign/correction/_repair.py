@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from deepalign.correction._fold import check_foldable, fold_rescale, fold_running_stats
-from deepalign.correction._instrument import chunk_size, instrument, run_instrumented
-from deepalign.correction._sites import batchnorm_layers, correction_sites, trace_for_correction
+from deepalign.correction._instrument import chunk_size, run_instrumented
+from deepalign.correction._sites import plan_corrections
 from deepalign.evaluation._interpolate import interpolate
 from deepalign.weightspace._pairs import as_batch, broadcast_pair, ranks_of
 
@@ -68,7 +68,7 @@ class Correction:
     kind : str
         "repair" or "reset_bn".
     model : nn.Module
-        The architecture (traced; its own weights are not used).
+        The architecture (run with hooks; its own weights are not used).
     data : Tensor, pair (x, y) or iterable of batches
         Inputs the statistics are measured on, all at once.
     endpoints : sequence of dict of str to Tensor, each (P, ...)
@@ -81,40 +81,38 @@ class Correction:
         self.kind, self.model = kind, model
         self.x = correction_inputs(data)
         try:
-            self.traced = trace_for_correction(model, self.x)
+            plan = plan_corrections(model, self.x)
         except ValueError as exc:
             raise ValueError(f"data: {exc}") from exc
-        self.chunk = chunk_size(self.traced, len(self.x))
+        self.chunk = chunk_size(plan.activation_size, len(self.x))
         if kind == "reset_bn":
-            self.points = batchnorm_layers(self.traced)
+            self.points, self.mode = plan.batchnorms, "batchnorm_reset"
             if not self.points:
                 raise ValueError(f"{type(model).__name__} has no BatchNorm layer with running "
                                  "statistics: reset_bn has nothing to re-estimate")
-            self.module = instrument(self.traced, self.points, "batchnorm_reset")
             return
-        self.points = correction_sites(self.traced)
+        self.points, self.mode = plan.sites, "rescale"
         if not self.points:
             raise ValueError(f"{type(model).__name__} has no correctable layer: REPAIR needs "
                              "hidden Linear, convolution or normalisation layers whose output "
                              "channels are permuted")
         check_foldable(model, self.points)
-        self.module = instrument(self.traced, self.points, "rescale")
-        observer = instrument(self.traced, self.points, "observe")
-        self.stats = [self._run(observer, sd) for sd in endpoints]
+        self.stats = [self._run("observe", sd) for sd in endpoints]
 
-    def _run(self, module, stacked: Mapping, targets=None) -> list:
-        return run_instrumented(self.model, module, dict(stacked), self.x, targets, self.chunk)
+    def _run(self, mode: str, stacked: Mapping, targets=None) -> list:
+        return run_instrumented(self.model, self.points, mode, dict(stacked), self.x, targets,
+                                self.chunk)
 
     def __call__(self, stacked: Mapping, pair: torch.Tensor | None = None,
                  weights: torch.Tensor | None = None) -> dict:
         """Corrected copy of the stacked state dict ``stacked`` (M, ...)."""
         if self.kind == "reset_bn":
             return fold_running_stats(dict(stacked), self.points,
-                                      self._run(self.module, stacked))
+                                      self._run(self.mode, stacked))
         w = weights.to(torch.float64)
         targets = [sum(w[:, k, None, None] * s[k][pair].double()
                        for k in range(len(self.stats))).to(s[0].dtype) for s in zip(*self.stats)]
-        coefficients = self._run(self.module, stacked, targets)
+        coefficients = self._run(self.mode, stacked, targets)
         return fold_rescale(dict(stacked), self.points, coefficients)
 
 
@@ -134,7 +132,7 @@ def repair(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping, lam: float, dat
     r"""The merged network :math:`(1 - \lambda) A + \lambda B` with REPAIR applied.
 
     Jordan et al. (ICLR 2023), exact variant: at every hidden site (a permuted output of a
-    ``Linear``, convolution or normalisation layer; see ``correction_sites``), in execution
+    ``Linear``, convolution or normalisation layer; see ``plan_corrections``), in execution
     order, the merged network's per-channel mean :math:`\mu_M` and standard deviation
     :math:`\sigma_M` on ``data`` are measured with all earlier corrections in place, and the
     channel becomes :math:`(y - \mu_M)\,\sigma^*/\sigma_M + \mu^*`, with

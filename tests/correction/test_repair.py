@@ -5,16 +5,16 @@ import torch
 from correction_nets import NETS, BatchNormResNet, PlainMLP, inputs_for, random_state
 from deepalign import repair
 from deepalign.correction import Correction, correction_sites
-from deepalign.correction._instrument import instrument, run_instrumented
-from deepalign.correction._sites import trace_for_correction
+from deepalign.correction._instrument import run_instrumented
 from deepalign.evaluation import interpolate
+from deepalign.models import ViT
 
 
 def site_stats(model, sd, x) -> list:
     """Per site, (2, C): mean and std of the channel in eval mode, measured independently."""
-    traced = trace_for_correction(model, x)
-    observer = instrument(traced, correction_sites(traced), "observe")
-    return [s[0] for s in run_instrumented(model, observer, {k: v[None] for k, v in sd.items()}, x)]
+    sites = correction_sites(model, x)
+    return [s[0] for s in run_instrumented(model, sites, "observe",
+                                           {k: v[None] for k, v in sd.items()}, x)]
 
 
 def outputs(model, sd, x):
@@ -32,7 +32,7 @@ def test_repaired_channels_have_the_interpolated_statistics(name):
     lam = 0.3
     merged = repair(model, sd_a, sd_b, lam, x)
     got = site_stats(model, merged, x)
-    assert len(got) == len(correction_sites(trace_for_correction(model, x)))
+    assert len(got) == len(correction_sites(model, x))
     for s_a, s_b, s_m in zip(site_stats(model, sd_a, x), site_stats(model, sd_b, x), got):
         torch.testing.assert_close(s_m, (1 - lam) * s_a + lam * s_b, rtol=1e-8, atol=1e-10)
     # without REPAIR the same merge is off target (variance collapse): the test can fail
@@ -103,12 +103,12 @@ def test_a_dead_channel_is_shifted_not_scaled_and_nothing_becomes_nan():
 
 def test_correction_sites_follow_the_spec():
     x = inputs_for(BatchNormResNet(), 2, 0).float()
-    sites = correction_sites(trace_for_correction(BatchNormResNet(), x))
+    sites = correction_sites(BatchNormResNet(), x)
     # after each BatchNorm (never before it), never the head (its outputs are not permuted)
     assert [s.module for s in sites] == ["bn0", "bn1", "bn_short"]
     assert {s.perm for s in sites[1:]} == {sites[1].perm} != {sites[0].perm}
     x = inputs_for(NETS["layernorm_mlp"](), 2, 0).float()
-    assert [s.module for s in correction_sites(trace_for_correction(NETS["layernorm_mlp"](), x))] \
+    assert [s.module for s in correction_sites(NETS["layernorm_mlp"](), x)] \
         == ["ln0", "ln1"]
 
 
@@ -125,3 +125,43 @@ def test_correction_batches_endpoint_weights():
     want = [sum(s) / 3 for s in zip(*(site_stats(model, e, x) for e in ends))]
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
+
+
+def test_repair_corrects_a_vision_transformer():
+    """Sites come from the exported spec and hooks, so attention is no obstacle."""
+    model = ViT(1, image_size=(8, 8), patch_size=4, width=12, depth=2, heads=3, hidden=10,
+                out_features=5).double()
+    sd_a, sd_b = random_state(model, 60), random_state(model, 61)
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(62), dtype=torch.float64)
+    sites = correction_sites(model, x)
+    # every hidden Linear / conv / LayerNorm output except those read only by a LayerNorm;
+    # the packed qkv projection (concatenated perms) and the head are not sites
+    assert [s.module for s in sites[:6]] == ["patch", "blocks.0.norm1", "blocks.0.attn.proj",
+                                             "blocks.0.norm2", "blocks.0.fc1", "blocks.0.fc2"]
+    assert len(sites) == 12 and sites[-1].module == "norm"
+    lam = 0.4
+    got = site_stats(model, repair(model, sd_a, sd_b, lam, x), x)
+    assert len(got) == len(sites)
+    for s_a, s_b, s_m in zip(site_stats(model, sd_a, x), site_stats(model, sd_b, x), got):
+        torch.testing.assert_close(s_m, (1 - lam) * s_a + lam * s_b, rtol=1e-8, atol=1e-10)
+    for lam, sd in ((0.0, sd_a), (1.0, sd_b)):
+        torch.testing.assert_close(outputs(model, repair(model, sd_a, sd_b, lam, x), x),
+                                   outputs(model, sd, x), rtol=1e-9, atol=1e-10)
+
+
+class _Shared(torch.nn.Module):
+    """fc0's output feeds a LayerNorm and a residual addition: both are sites."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc0, self.ln = torch.nn.Linear(5, 8), torch.nn.LayerNorm(8)
+        self.fc1, self.head = torch.nn.Linear(8, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc0(x)
+        return self.head(torch.relu(self.fc1(self.ln(h)) + h))
+
+
+def test_a_layer_read_by_a_norm_and_by_something_else_is_a_site():
+    x = torch.randn(4, 5)
+    assert [s.module for s in correction_sites(_Shared(), x)] == ["fc0", "ln", "fc1"]
