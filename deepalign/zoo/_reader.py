@@ -68,7 +68,7 @@ class Zoo:
         return build_model(self.config).eval()
 
     def spec(self):
-        """The zoo architecture's ``PermutationSpec`` (derived with ``torch.fx``)."""
+        """The zoo architecture's ``PermutationSpec`` (``PermutationSpec.from_module``, via ``torch.export``)."""
         return PermutationSpec.from_module(self.build_model(), example_input(self.config))
 
     @property

@@ -1,12 +1,11 @@
-"""Deriving specs of plain networks: chains, BatchNorm, Flatten blocks, residual ties, errors."""
+"""from_module on plain networks: chains, BatchNorm, Flatten blocks, residual ties, errors."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from alignment_nets import CNN, MLP, ResNet
-from deepalign.weightspace import (PermutationSpec, check_equivalent, random_permutations,
-                                   trace_permutations)
+from deepalign.weightspace import PermutationSpec, check_equivalent, random_permutations
 
 X = torch.rand(6, 1, 8, 8)
 
@@ -43,9 +42,9 @@ def test_cnn_batchnorm_and_flatten_blocks():
 
 
 def test_residual_additions_tie_permutations():
-    traced = trace_permutations(ResNet(), X)
-    axes = traced.spec.axes_to_perm
-    assert traced.spec.perm_names == ["P_stem", "P_block1.conv1", "P_block2.conv1"]
+    spec = PermutationSpec.from_module(ResNet(), X)
+    axes = spec.axes_to_perm
+    assert spec.perm_names == ["P_stem", "P_block1.conv1", "P_block2.conv1"]
     assert axes["block1.conv2.weight"] == ("P_stem", "P_block1.conv1", None, None)
     assert axes["block2.bn2.running_mean"] == ("P_stem",)
     assert axes["fc.weight"] == (None, "P_stem")
