@@ -4,6 +4,8 @@
   q/k/v attention and an MLP, final norm and head. One residual-stream perm ``R``; per block
   ``i`` a heads group ``H<i>`` of the q/k perm ``QK<i>`` and the v perm ``V<i>``, and a plain
   MLP perm ``M<i>``.
+- ``GroupedNet``: conv, grouped conv (4 groups), 1x1 conv; ``grouped_spec`` ties the grouped
+  conv's input and output perms in one block group and gathers its input axis per group.
 - ``ResNeXt``: a stem conv, then bottleneck blocks whose middle conv is grouped (in- and
   out-channel perms in one block group ``G<i>``), residual stream perm ``R``, mean-pool head.
 """
@@ -113,6 +115,28 @@ def resnext_spec(width=8, inner=12, groups=3, depth=2):
         block_groups.append(BlockGroup(f"G{i}", "groups", groups, (a, b)))
     axes.update({"head.weight": (None, "R"), "head.bias": (None,)})
     return PermutationSpec(axes, sizes, block_groups)
+
+
+class GroupedNet(nn.Module):
+    def __init__(self, groups=4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1, groups=groups)
+        self.conv3 = nn.Conv2d(12, 3, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        return self.conv3(x).mean((2, 3))
+
+
+def grouped_spec(groups=4):
+    return PermutationSpec({"conv1.weight": ("P1", None, None, None), "conv1.bias": ("P1",),
+                            "conv2.weight": ("P2", GroupedAxis("P1"), None, None),
+                            "conv2.bias": ("P2",),
+                            "conv3.weight": (None, "P2", None, None), "conv3.bias": (None,)},
+                           {"P1": 8, "P2": 12},
+                           [BlockGroup("G_conv2", "groups", groups, ("P1", "P2"))])
 
 
 MODELS = {"vit": (ViT, vit_spec, lambda: torch.randn(3, 1, 8, 8, dtype=torch.float64)),

@@ -9,6 +9,7 @@ from deepalign.testing import random_state_dict
 from deepalign.weightspace import (BlockGroup, GroupedAxis, PermutationSpec, check_equivalent,
                                    permute, plain_view)
 from deepalign.weightspace._structure import block_structure, compose_blocks
+from structured_nets import GroupedNet, grouped_spec
 
 
 class Attention(nn.Module):
@@ -28,28 +29,6 @@ def attention_spec(width=12, heads=3, structured=True):
                             "attn.out_proj.weight": (None, "P_v"),
                             "attn.out_proj.bias": (None,)},
                            {"P_qk": width, "P_v": width}, groups)
-
-
-class GroupedNet(nn.Module):
-    def __init__(self, groups=4):
-        super().__init__()
-        self.conv1 = nn.Conv2d(2, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 12, 3, padding=1, groups=groups)
-        self.conv3 = nn.Conv2d(12, 3, 1)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.conv3(x).mean((2, 3))
-
-
-def grouped_spec(groups=4):
-    return PermutationSpec({"conv1.weight": ("P1", None, None, None), "conv1.bias": ("P1",),
-                            "conv2.weight": ("P2", GroupedAxis("P1"), None, None),
-                            "conv2.bias": ("P2",),
-                            "conv3.weight": (None, "P2", None, None), "conv3.bias": (None,)},
-                           {"P1": 8, "P2": 12},
-                           [BlockGroup("G_conv2", "groups", groups, ("P1", "P2"))])
 
 
 CASES = {"attention": (Attention, attention_spec, lambda: torch.randn(2, 5, 12)),

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepalign.weightspace import GroupedAxis, PermutationSpec, check_equivalent
+from structured_nets import GroupedNet
 from trace_helpers import assert_exact_symmetry, mix_across_blocks, random_weights
 
 
@@ -104,19 +105,6 @@ class MobileNetV3(nn.Module):
     def forward(self, x):
         x = F.hardswish(self.last(self.blocks(F.hardswish(self.stem(x)))))
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-class GroupedNet(nn.Module):
-    def __init__(self, groups=4):
-        super().__init__()
-        self.conv1 = nn.Conv2d(2, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 12, 3, padding=1, groups=groups)
-        self.conv3 = nn.Conv2d(12, 3, 1)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.conv3(x).mean((2, 3))
 
 
 X = torch.randn(2, 3, 16, 16, dtype=torch.float64)
