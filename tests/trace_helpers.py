@@ -1,21 +1,17 @@
 """Shared by the spec-derivation tests: random float64 weights and the exact-symmetry check."""
 import torch
 
+from deepalign.testing import random_state_dict
 from deepalign.weightspace import PermutationSpec, check_equivalent
 
 
 def random_weights(model, seed=0):
-    """A float64 state_dict: Gaussian weights, positive BatchNorm variances."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for key, value in model.state_dict().items():
-        if not value.is_floating_point():
-            sd[key] = value.clone()
-        elif key.endswith("running_var"):
-            sd[key] = torch.rand(value.shape, generator=gen, dtype=torch.float64) + 0.5
-        else:
-            fan_in = value[0].numel() if value.dim() > 1 else value.numel()
-            sd[key] = torch.randn(value.shape, generator=gen, dtype=torch.float64) * fan_in ** -0.5
+    """``deepalign.testing.random_state_dict`` (float64, std 1/sqrt(fan_in)) with positive
+    BatchNorm variances."""
+    sd = random_state_dict(model, generator=torch.Generator().manual_seed(seed))
+    for key in sd:
+        if key.endswith("running_var"):
+            sd[key] = sd[key].abs() + 0.5
     return sd
 
 
