@@ -25,14 +25,14 @@ def evaluate_zoo(zoo_path: str, aligner_path=None, out=None, n_pairs: int = 64,
 
     zoo = Zoo(zoo_path)
     aligner = DeepAlign.load(aligner_path) if aligner_path else None
+    task, test_data = task_from_zoo(zoo, aligner, n_pairs, sinkhorn_steps, seed, progress,
+                                    correction_samples)
     chosen = methods is not None
     if not chosen:
-        heads = any(g.kind == "heads" for g in zoo.spec().block_groups)
+        heads = any(g.kind == "heads" for g in task.spec.block_groups)
         methods = list(METHODS) + (list(ABLATIONS) if heads else [])
     if aligner is None:
         methods = [m for m in methods if not m.startswith("deep_align")]
-    task, test_data = task_from_zoo(zoo, aligner, n_pairs, sinkhorn_steps, seed, progress,
-                                    correction_samples)
     task.record_steps = record_steps(sinkhorn_steps)
     results = compare_methods(task, test_data, methods, n_points, corrections,
                               skip_unsupported=not chosen)

@@ -46,7 +46,7 @@ def plain_view(spec: PermutationSpec, state_dict: Mapping) -> tuple:
         groups) and its tensors, batched like the input. A tensor with a concatenated axis
         ``k`` becomes ``"<key>@<i>"`` for its segment ``i``.
     """
-    if spec.is_plain or not spec.structured_axes:
+    if not spec.structured_axes:
         return spec, dict(state_dict)
     stacked, batch = as_batch(state_dict, ranks_of(spec), "state_dict")
     axes, tensors = {}, {}

@@ -145,6 +145,11 @@ def segment_matrix(perms: Mapping, names: tuple) -> torch.Tensor:
     """Soft counterpart of ``segment_index``: the block-diagonal matrix of the segments."""
     mats = [perms[n] for n in names]
     lead = torch.broadcast_shapes(*(p.shape[:-2] for p in mats))
-    mats = [p.expand(*lead, *p.shape[-2:]).reshape(-1, *p.shape[-2:]) for p in mats]
-    out = torch.stack([torch.block_diag(*parts) for parts in zip(*mats)])
-    return out.reshape(*lead, *out.shape[-2:])
+    total = sum(p.shape[-1] for p in mats)
+    out = mats[0].new_zeros(*lead, total, total)
+    offset = 0
+    for p in mats:  # a few segments; every batch element at once
+        n = p.shape[-1]
+        out[..., offset:offset + n, offset:offset + n] = p
+        offset += n
+    return out
