@@ -58,6 +58,8 @@ class WeightLayout:
     @classmethod
     def from_spec(cls, spec, state_dict: dict) -> "WeightLayout":
         """Layout of ``spec`` for networks shaped like ``state_dict`` (batched or not)."""
+        # a block group would be silently ignored by the DWS layers' free per-layer perms
+        spec.require_plain("the DWS encoder (encoder='graph' reads structured specs)")
         shapes = {}
         for key, axes in spec.axes_to_perm.items():
             if key not in state_dict:

@@ -6,7 +6,7 @@ from deepalign import PermutationSpec, permute
 from deepalign.models import CNN, MLP
 from deepalign.nn import DeepAlign, WeightLayout
 from deepalign.testing import random_state_dict
-from deepalign.weightspace import random_permutations
+from deepalign.weightspace import BlockGroup, random_permutations
 
 SMALL = {"hidden": 8, "n_hidden": 1, "out_features": 8}
 
@@ -226,3 +226,12 @@ def test_chunked_encoding_changes_nothing(mlp, monkeypatch, training):
     # training keeps one batch: BatchNorm's batch statistics span all networks
     assert len(calls) == (1 if training else 14)
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_dws_layout_refuses_structured_specs(mlp):
+    model, spec = mlp[0], mlp[1]
+    name = spec.perm_names[0]
+    grouped = PermutationSpec(spec.axes_to_perm, spec.perm_sizes(model.state_dict()),
+                              [BlockGroup("G", "groups", 2, (name,))])
+    with pytest.raises(NotImplementedError, match="DWS encoder.*block group 'G'"):
+        WeightLayout.from_spec(grouped, model.state_dict())
