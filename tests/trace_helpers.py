@@ -31,3 +31,22 @@ def mix_across_blocks(spec, perms, name):
     out = dict(perms)
     out[name] = perms[name].roll(1)  # shifts every feature into the neighbouring block
     return out
+
+
+def assert_same_up_to_names(spec, hand):
+    """``spec`` has exactly the perms, axes and block groups of ``hand``, up to perm names."""
+    assert spec.axes_to_perm.keys() == hand.axes_to_perm.keys()
+    rename = {}
+    for key, items in hand.axes_to_perm.items():
+        assert len(items) == len(spec.axes_to_perm[key]), key
+        for mine, theirs in zip(items, spec.axes_to_perm[key]):
+            mine = (mine,) if isinstance(mine, str) else mine or ()
+            theirs = (theirs,) if isinstance(theirs, str) else theirs or ()
+            assert len(mine) == len(theirs), key
+            for a, b in zip(mine, theirs):
+                assert rename.setdefault(a, b) == b, key
+    assert sorted(rename.values()) == sorted(spec.perm_names)  # one to one
+    assert len(spec.block_groups) == len(hand.block_groups)
+    assert [(g.kind, g.blocks, tuple(rename[p] for p in h.perms))
+            for g, h in zip(spec.block_groups, hand.block_groups)] == [
+        (h.kind, h.blocks, g.perms) for g, h in zip(spec.block_groups, hand.block_groups)]

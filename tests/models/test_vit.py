@@ -6,6 +6,7 @@ from deepalign import check_equivalent
 from deepalign.models import ViT, batched_forward, build_model, example_input
 from deepalign.testing import random_state_dict
 from deepalign.weightspace import BlockGroup, PermutationSpec
+from trace_helpers import assert_same_up_to_names
 
 CONFIG = ViT(2, image_size=(8, 6), patch_size=2, width=12, depth=2, heads=3, hidden=10,
              out_features=4).config
@@ -73,17 +74,7 @@ def test_batched_forward_matches_each_model(per_model):
 def test_derived_spec_has_the_hand_written_structure_and_is_exact():
     model = build_model(CONFIG).eval()
     spec = PermutationSpec.from_module(model, example_input(CONFIG))
-    hand = hand_spec(CONFIG)
-    rename = {}
-    for key, items in hand.axes_to_perm.items():
-        for mine, theirs in zip(items, spec.axes_to_perm[key]):
-            for a, b in zip((mine,) if isinstance(mine, str) else mine or (),
-                            (theirs,) if isinstance(theirs, str) else theirs or ()):
-                assert rename.setdefault(a, b) == b, key
-    assert sorted(rename.values()) == sorted(spec.perm_names)  # one to one
-    assert [(g.kind, g.blocks, tuple(rename[p] for p in h.perms))
-            for g, h in zip(spec.block_groups, hand.block_groups)] == [
-        (h.kind, h.blocks, g.perms) for g, h in zip(spec.block_groups, hand.block_groups)]
+    assert_same_up_to_names(spec, hand_spec(CONFIG))
     sd = random_state_dict(model, generator=torch.Generator().manual_seed(3))
     perms = spec.random_perms(torch.Generator().manual_seed(4))
     x = torch.randn(3, 2, 8, 6, dtype=torch.float64)

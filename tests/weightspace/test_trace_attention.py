@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepalign.weightspace import PermutationSpec, check_equivalent
-from trace_helpers import assert_exact_symmetry, mix_across_blocks, random_weights
+from structured_nets import ViT as StructuredViT, vit_spec
+from trace_helpers import (assert_exact_symmetry, assert_same_up_to_names, mix_across_blocks,
+                           random_weights)
 
 
 class SelfAttention(nn.Module):
@@ -149,6 +151,43 @@ class SeparateHeads(nn.Module):
         return self.o(y.transpose(1, 2).flatten(2))
 
 
+class NanoGPTAttention(nn.Module):
+    """nanoGPT's causal self-attention: ``@`` with ``transpose(-2, -1)``, a ``tril`` buffer
+    through ``masked_fill``, ``contiguous().view``."""
+
+    def __init__(self, width=12, heads=3, context=8):
+        super().__init__()
+        self.heads = heads
+        self.ln = nn.LayerNorm(width)
+        self.c_attn, self.c_proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.register_buffer("bias", torch.tril(torch.ones(context, context))
+                             .view(1, 1, context, context))
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2)
+                   for z in self.c_attn(self.ln(x)).split(c, dim=2))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+        att = att.masked_fill(self.bias[:, :, :t, :t] == 0, float("-inf")).softmax(dim=-1)
+        return x + self.c_proj((att @ v).transpose(1, 2).contiguous().view(b, t, c))
+
+
+class EinsumAttention(nn.Module):
+    """Separate projections, heads kept in (B, T, H, d) and contracted by ``einsum``."""
+
+    def __init__(self, width=12, heads=3):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
+        self.o = nn.Linear(width, width)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = (f(x).view(b, t, self.heads, -1) for f in (self.q, self.k, self.v))
+        att = torch.einsum("bqhd,bkhd->bhqk", q, k).softmax(-1)
+        return x + self.o(torch.einsum("...hqk,...khd->...qhd", att, v).reshape(b, t, c))
+
+
 CASES = {
     "mha": (lambda: SelfAttention(True), (2, 5, 12)),
     "mha_seq_first": (lambda: SelfAttention(False), (2, 5, 12)),
@@ -165,6 +204,8 @@ CASES = {
     "hand_sdpa_chunk": (lambda: HandAttention(), (2, 5, 12)),
     "hand_eager_split": (lambda: HandAttention(eager=True, split=True), (2, 5, 12)),
     "separate_heads": (SeparateHeads, (2, 5, 10)),
+    "nanogpt": (NanoGPTAttention, (2, 6, 12)),
+    "einsum": (EinsumAttention, (2, 5, 12)),
 }
 
 
@@ -230,3 +271,31 @@ def test_mixing_dims_across_heads_breaks_the_function(case):
         mixed = mix_across_blocks(spec, perms, name)
         with pytest.raises(AssertionError, match="differs"):
             check_equivalent(model, sd, free, mixed, x)
+
+
+def test_matrix_transpose_attention_has_the_hand_written_heads():
+    """``q @ k.mT`` (the ``aten::mT`` rule): the whole symmetry, not a pinned subgroup."""
+    spec = PermutationSpec.from_module(StructuredViT(), torch.randn(2, 1, 8, 8))
+    assert_same_up_to_names(spec, vit_spec())
+
+
+class TimmAttention(nn.Module):
+    """timm's packing: one reshape to (B, N, 3, H, d) splits the q/k/v segments and their heads
+    at once, which the layout format cannot hold."""
+
+    def __init__(self, width=12, heads=3):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        y = ((q @ k.transpose(-2, -1)).softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(y)
+
+
+def test_packed_five_dimensional_reshape_names_the_node():
+    with pytest.raises(NotImplementedError, match="node 'reshape'.*split the inner part"):
+        PermutationSpec.from_module(TimmAttention(), torch.randn(2, 5, 12))

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepalign.weightspace import PermutationSpec
+from deepalign.weightspace.tracing._rules.linear import _einsum_letters
 from trace_helpers import assert_exact_symmetry
 
 
@@ -159,3 +160,14 @@ def test_padding_passes_channels_and_unused_tensors_are_not_permuted():
     spec = assert_exact_symmetry(Padded(), torch.randn(2, 3, 6, 6, dtype=torch.float64))
     assert spec.axes_to_perm["conv2.weight"][:2] == ("P_conv2", "P_conv1")
     assert spec.axes_to_perm["unused"] == (None,)
+
+
+@pytest.mark.parametrize("equation, ranks, inputs, output", [
+    ("ij,jk->ik", [2, 2], [["i", "j"], ["j", "k"]], ["i", "k"]),
+    ("ij,jk", [2, 2], [["i", "j"], ["j", "k"]], ["i", "k"]),  # implicit: letters used once
+    ("...ij,...jk->...ik", [4, 3], [["...0", "...1", "i", "j"], ["...1", "j", "k"]],
+     ["...0", "...1", "i", "k"]),  # broadcast axes align from the right
+    ("b i d , b j d -> b i j", [3, 3], [["b", "i", "d"], ["b", "j", "d"]], ["b", "i", "j"]),
+])
+def test_einsum_labels(equation, ranks, inputs, output):
+    assert _einsum_letters(equation, ranks) == (inputs, output)

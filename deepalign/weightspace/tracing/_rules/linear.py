@@ -2,8 +2,9 @@
 
 ``sum_j x[..., j] W[o, j]`` is unchanged when ``x``'s last axis and ``W``'s input axis are
 permuted alike; the output's last axis is ``W``'s output axis. This covers ``nn.Linear``
-(``linear``, weight ``(out, in)``), Hugging Face ``Conv1D`` (``addmm``, weight ``(in, out)``)
-and products of two activations (``q @ k.T`` in hand-written attention).
+(``linear``, weight ``(out, in)``), Hugging Face ``Conv1D`` (``addmm``, weight ``(in, out)``),
+products of two activations (``q @ k.T`` in hand-written attention) and ``einsum``, where
+every letter is one axis variable across the operands and the output.
 """
 from __future__ import annotations
 
@@ -81,3 +82,62 @@ def addmm(ctx):
         if shape[-i] == out_shape[-i] and shape[-i] != 1:
             ctx.engine.tie(bias[-i], product[-i])
     return product
+
+
+def _einsum_letters(equation: str, ranks: list) -> tuple:
+    """Per operand and for the output, one label per axis; ``...`` becomes right-aligned
+    labels shared by all operands (numpy broadcasting)."""
+    equation = equation.replace(" ", "")
+    inputs, arrow, output = equation.partition("->")
+    terms = inputs.split(",")
+    if len(terms) != len(ranks):
+        raise ValueError(f"einsum equation {equation!r} names {len(terms)} operands, "
+                         f"got {len(ranks)}")
+    ellipsis = max((rank - len(t.replace("...", "")) for t, rank in zip(terms, ranks)
+                    if "..." in t), default=0)
+    dots = [f"...{i}" for i in range(ellipsis)]
+
+    def labels(term, rank=None):
+        head, found, tail = term.partition("...")
+        if not found:
+            return list(head)
+        width = len(dots) if rank is None else rank - len(head) - len(tail)
+        return list(head) + dots[len(dots) - width:] + list(tail)
+
+    operands = [labels(t, r) for t, r in zip(terms, ranks)]
+    if not arrow:  # implicit output: the broadcast axes, then the letters used once, sorted
+        once = sorted(c for c in set(inputs) if c.isalpha() and inputs.count(c) == 1)
+        output = "..." * bool(dots) + "".join(once)
+    return operands, labels(output)
+
+
+@rule("aten::einsum")
+def einsum(ctx):
+    engine = ctx.engine
+    operands = [a for a in ctx.arg(1)]
+    layouts, shapes = [ctx.layout(a) for a in operands], [ctx.shape(a) for a in operands]
+    if any(lay is None for lay in layouts):
+        ctx.fail("an einsum operand that is not a tensor")
+    try:
+        inputs, output = _einsum_letters(ctx.arg(0), [len(s) for s in shapes])
+    except ValueError as exc:
+        ctx.fail(str(exc))
+    axes = {}  # label -> the first non-broadcast axis carrying it
+    for lay, shape, labels in zip(layouts, shapes, inputs):
+        for axis, n, label in zip(lay, shape, labels):
+            if n == 1:
+                continue
+            if label in axes:
+                engine.tie(axes[label], axis)
+            else:
+                axes[label] = axis
+    if len(layouts) == 2:  # attention by einsum: name the head dims as ``@`` does
+        contracted = [a for label, a in zip(inputs[0], layouts[0])
+                      if label not in output and label in inputs[1]]
+        if not any(ctx.name_heads(a, "qk") for a in contracted):
+            for label, a in zip(inputs[1], layouts[1]):
+                if label in output:
+                    ctx.name_heads(a, "v")
+    out_shape = ctx.out_shape()
+    return tuple(axes[label] if label in axes else (("a", engine.var(n)),)
+                 for label, n in zip(output, out_shape))

@@ -44,6 +44,14 @@ def t(ctx):
     return tuple(reversed(ctx.layout(ctx.arg(0))))
 
 
+@rule("aten::mT", "aten::mH", "aten::adjoint")
+def matrix_transpose(ctx):
+    x = ctx.layout(ctx.arg(0))
+    if len(x) < 2:
+        ctx.fail("a matrix transpose of fewer than 2 dimensions")
+    return x[:-2] + (x[-1], x[-2])
+
+
 @rule("aten::movedim")
 def movedim(ctx):
     x = list(ctx.layout(ctx.arg(0)))
@@ -89,7 +97,11 @@ def _pin(ctx, axis) -> None:
 def select(ctx):
     x = ctx.layout(ctx.arg(0))
     dim = ctx.arg(1) % len(x)
-    index = ctx.arg(2) % ctx.engine.axis_size(x[dim])
+    return _select(ctx, x, dim, ctx.arg(2) % ctx.engine.axis_size(x[dim]))
+
+
+def _select(ctx, x, dim: int, index: int) -> tuple:
+    """Layout of ``x`` indexed at ``index`` along ``dim`` (which is pinned)."""
     engine = ctx.engine
     chosen = {engine.find(v) for tag, v in x[dim] if tag == "a"}
     out = []
@@ -185,9 +197,8 @@ def split(ctx):
     name = ctx.node.target._schema.name
     dim = ctx.arg(1, "dim", 0) if name == "aten::unbind" else ctx.arg(2, "dim", 0)
     dim %= len(x)
-    if name == "aten::unbind":
-        _pin(ctx, x[dim])
-        return [x[:dim] + x[dim + 1:] for _ in shapes]
+    if name == "aten::unbind":  # each slice as ``select`` (unbinding packed q, k, v)
+        return [_select(ctx, x, dim, i) for i in range(len(shapes))]
     parts = _cut_axis(ctx, x[dim], [s[dim] for s in shapes])
     return [x[:dim] + (p,) + x[dim + 1:] for p in parts]
 
