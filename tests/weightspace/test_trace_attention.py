@@ -281,21 +281,27 @@ def test_matrix_transpose_attention_has_the_hand_written_heads():
 
 class TimmAttention(nn.Module):
     """timm's packing: one reshape to (B, N, 3, H, d) splits the q/k/v segments and their heads
-    at once, which the layout format cannot hold."""
+    at once, then ``unbind``."""
 
     def __init__(self, width=12, heads=3):
         super().__init__()
         self.heads = heads
+        self.norm = nn.LayerNorm(width)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
 
     def forward(self, x):
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        qkv = self.qkv(self.norm(x)).reshape(b, n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         y = ((q @ k.transpose(-2, -1)).softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
-        return self.proj(y)
+        return x + self.proj(y)
 
 
-def test_packed_five_dimensional_reshape_names_the_node():
-    with pytest.raises(NotImplementedError, match="node 'reshape'.*split the inner part"):
-        PermutationSpec.from_module(TimmAttention(), torch.randn(2, 5, 12))
+def test_packed_five_dimensional_reshape_keeps_heads_with_tied_segments():
+    """The layout format holds that reshape only with q, k and v dims under one perm per
+    head: a subgroup of the symmetry (v's dims could move on their own), so still exact."""
+    spec = assert_exact_symmetry(TimmAttention(), torch.randn(2, 5, 12, dtype=torch.float64))
+    (group,) = spec.block_groups
+    (perm,) = group.perms
+    assert group.kind == "heads" and group.blocks == 3
+    assert spec.axes_to_perm["qkv.weight"][0] == (perm, perm, perm)

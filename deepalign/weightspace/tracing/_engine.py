@@ -148,10 +148,17 @@ class AxisEngine:
                         self.fix(p)
 
     def cut(self, factor, size: int) -> tuple:
-        """Cut a factor into ``(head of size, rest)``: splits the variable."""
+        """Cut a factor into ``(head of size, rest)``: splits the variable.
+
+        The inner part of a split variable (one q/k/v segment of a packed projection, reshaped
+        to ``(3, H, d)`` in one step) can be cut only if every part is the same variable, whose
+        own split then holds the heads: the parts are tied, a subgroup, so still exact."""
         tag, v = factor
-        if tag != "a":
-            raise AxisConflict("cannot split the inner part of an already split axis again")
+        if tag == "i":
+            parts = self.split[self.find(v)][1]
+            for p in parts[1:]:
+                self.union(parts[0], p)
+            v = self.find(parts[0])
         outer, _ = self.split_equal(v, size)
         return ("a", outer), ("i", v)
 
