@@ -120,7 +120,7 @@ def block_permutation(perm: torch.Tensor, blocks: int) -> torch.Tensor:
     return parts[0]
 
 
-def assign_perms(scores, spec) -> dict:
+def assign_perms(scores, spec, keep_group_order: bool = False) -> dict:
     """Hard perms maximising ``sum_p <scores[p], P_p>`` over the spec's group.
 
     Perms outside block groups get their own linear assignment; each block group gets
@@ -131,6 +131,10 @@ def assign_perms(scores, spec) -> dict:
     ----------
     scores : dict of str to Tensor, each (P, n, n)
     spec : PermutationSpec
+    keep_group_order : bool
+        Convolution groups (block groups of kind ``"groups"``) keep their block order and get
+        inner assignments only: for scores that say nothing across groups (Sinkhorn
+        re-basin's block-diagonal logits).
 
     Returns
     -------
@@ -138,7 +142,12 @@ def assign_perms(scores, spec) -> dict:
     """
     out = {}
     for group in spec.block_groups:
-        perms, _, _ = block_assignment([scores[p] for p in group.perms], group.blocks)
+        if keep_group_order and group.kind == "groups":
+            first = scores[group.perms[0]]
+            s = torch.arange(group.blocks, device=first.device).expand(first.shape[0], -1)
+            perms = [inner_assignment(scores[p], s, group.blocks) for p in group.perms]
+        else:
+            perms, _, _ = block_assignment([scores[p] for p in group.perms], group.blocks)
         out.update(zip(group.perms, perms))
     return {name: out[name] if name in out else linear_assignment(scores[name], maximize=True)
             for name in spec.perm_names}

@@ -13,9 +13,9 @@ from deepalign.evaluation._forward import forward_eval
 from deepalign.baselines._block_assignment import assign_perms
 from deepalign.ops import sinkhorn_project
 from deepalign.weightspace._pairs import broadcast_pair, ranks_of
+from deepalign.weightspace._perm_sets import compose_permutations
 from deepalign.weightspace._permute import classify_perms, permute_tensor
 from deepalign.weightspace._spec import PermutationSpec
-from deepalign.weightspace._structure import GroupedAxis
 
 
 def _initial_logits(init, spec, sizes: dict, width: int, scale: float, generator,
@@ -33,6 +33,20 @@ def _initial_logits(init, spec, sizes: dict, width: int, scale: float, generator
         q = scale * F.one_hot(p, sizes[name]) if hard[name] else p
         logits[name] = q.to(like).expand(width, sizes[name], sizes[name]).clone()
     return logits
+
+
+def _soft_perm(q: torch.Tensor, blocks, n_sinkhorn: int, tau: float,
+               grad_mode: str) -> torch.Tensor:
+    """``sinkhorn_project`` of logits (W, n, n); for a convolution-group perm (``blocks``
+    groups) only the diagonal blocks are projected and the result is block diagonal."""
+    if blocks is None:
+        return sinkhorn_project(q, n_sinkhorn, tau, grad_mode)
+    width, n, m = q.shape[0], q.shape[-1], q.shape[-1] // blocks
+    diagonal = q.reshape(width, blocks, m, blocks, m).diagonal(dim1=1, dim2=3)  # (W, m, m, G)
+    inner = sinkhorn_project(diagonal.permute(0, 3, 1, 2).reshape(-1, m, m), n_sinkhorn, tau,
+                             grad_mode)
+    inner = inner.reshape(width, blocks, m, m).permute(0, 2, 3, 1)
+    return torch.diag_embed(inner).permute(0, 3, 1, 4, 2).reshape(width, n, n)
 
 
 def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
@@ -59,13 +73,18 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     ``Q / tau`` by row and column constants).
 
     Structured specs (docs/CONTRACTS.md): concatenated axes (packed q/k/v) take the soft
-    perms of their segments side by side. Block groups (attention heads) are relaxed: each
-    member's soft perm ranges over all doubly stochastic matrices, mixing across blocks
-    included, and the structure is imposed at rounding, where every block group is rounded
-    hierarchically on its members' logits (the best block permutation with the best
-    permutations inside the blocks, as weight matching solves a group). Grouped convolution
-    axes are not supported (``NotImplementedError``): a soft perm of a grouped input axis is
-    not a grouped convolution.
+    perms of their segments side by side. Attention heads are relaxed: each member's soft
+    perm ranges over all doubly stochastic matrices, mixing across heads included, and the
+    structure is imposed at rounding, where every heads group is rounded hierarchically on its
+    members' logits (the best block permutation with the best permutations inside the blocks,
+    as weight matching solves a group). Convolution groups are restricted instead, since a
+    soft perm that mixes groups is no grouped convolution: their soft perms are block
+    diagonal (Sinkhorn inside each group), so the groups keep the order they start in: B's
+    own, or the order of a hard ``init`` (weight matching's, say), which may move them.
+
+    A hard ``init`` is applied to B first, and the soft perms start from the identity around
+    it (logits ``init_scale * I``); Sinkhorn's projection and Adam commute with relabelling
+    rows and columns, so this is the same descent as starting from ``onehot(init)``.
 
     Defaults follow Deep-Align's ``CLFBatchSinkhorn`` (Navon et al., ICML 2024): Adam,
     lr 5e-2, 20 Sinkhorn iterations at tau = 1, 1000 steps, the L2 term on. BatchNorm layers
@@ -113,16 +132,19 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
         raise ValueError("need n_steps >= 0, n_sinkhorn >= 0, tau > 0 and lr > 0")
     loss_fn = loss_fn or default_loss
     spec.check(model)
-    grouped = [f"{key}[{axis}]" for (key, axis), item in spec.structured_axes.items()
-               if isinstance(item, GroupedAxis)]
-    if grouped:
-        raise NotImplementedError(f"sinkhorn_rebasin cannot apply soft perms to the grouped "
-                                  f"convolution axes {grouped}; align such models with "
-                                  "weight_matching")
     a, b, batch = broadcast_pair(sd_a, sd_b, ranks_of(spec))
     sizes = spec.check(a, batched=True)
     width = next(iter(a.values())).shape[0]
     floats = [k for k in a if a[k].is_floating_point()]
+    group_blocks = {p: g.blocks for g in spec.block_groups if g.kind == "groups"
+                    for p in g.perms}
+    base = None
+    if init is not None and all(classify_perms(init, sizes)[1].values()):
+        spec.check_structure(init)
+        base = {name: p.expand(width, -1) for name, p in init.items()}
+        b = {k: permute_tensor(v, spec.axes_to_perm[k], base) if k in floats else v
+             for k, v in b.items()}
+        init = {name: torch.arange(n, device=next(iter(a.values())).device) for name, n in sizes.items()}
     # BatchNorm statistics are permuted softly too, but no gradient flows through them
     buffers = {name for name, _ in model.named_buffers()}
     like = a[floats[0]]
@@ -136,7 +158,9 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     n_weights = sum(a[k][0].numel() for k in weights)
     batches = sample_batches(data, batch_size, generator, targets_per_pair)
     def rounded() -> dict:
-        return assign_perms({name: q.detach() for name, q in logits.items()}, spec)
+        found = assign_perms({name: q.detach() for name, q in logits.items()}, spec,
+                             keep_group_order=True)
+        return found if base is None else compose_permutations(base, found)
 
     if callback is not None:
         callback(0, rounded())
@@ -144,7 +168,7 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
         x, y = next(batches)
         if y is None:
             raise ValueError("sinkhorn_rebasin needs labelled data (x, y) for its task loss")
-        soft = {name: sinkhorn_project(q, n_sinkhorn, tau, grad_mode)
+        soft = {name: _soft_perm(q, group_blocks.get(name), n_sinkhorn, tau, grad_mode)
                 for name, q in logits.items()}
         permuted = {k: permute_tensor(v.detach(), spec.axes_to_perm[k], soft)
                     if k in floats else v for k, v in b.items()}

@@ -92,11 +92,12 @@ def permute_grouped_axis(x: torch.Tensor, axis: int, perm: torch.Tensor) -> torc
     Parameters
     ----------
     x : Tensor, shape (Bx, C_out, m, ...)
-    perm : Tensor, shape (Bp, G * m) int64, block-structured with G blocks
+    perm : Tensor, shape (Bp, G * m) int64, block-structured with G blocks, or (Bp, G * m,
+        G * m) float, block diagonal (a soft perm that keeps every channel in its group):
+        row ``o`` of group ``g`` becomes ``P_g @ x[o]`` with ``P_g`` diagonal block ``g``
     """
     if perm.is_floating_point():
-        raise NotImplementedError("soft perms on the grouped axis of a grouped convolution: "
-                                  "apply them to deepalign.weightspace.plain_view(...) instead")
+        return _soft_grouped_axis(x, axis, perm)
     m = x.shape[axis + 1]
     groups = perm.shape[-1] // m
     rows = x.shape[1]
@@ -107,6 +108,24 @@ def permute_grouped_axis(x: torch.Tensor, axis: int, perm: torch.Tensor) -> torc
     index = index.expand(batch, *moved.shape[1:])
     out = torch.gather(moved.expand(batch, *moved.shape[1:]), 2, index)
     return out.movedim(2, axis + 1)
+
+
+def _soft_grouped_axis(x: torch.Tensor, axis: int, perm: torch.Tensor) -> torch.Tensor:
+    m = x.shape[axis + 1]
+    groups = perm.shape[-1] // m
+    grid = perm.reshape(perm.shape[0], groups, m, groups, m)
+    across = grid.detach().abs().sum((2, 4)) * ~torch.eye(groups, dtype=torch.bool,
+                                                           device=perm.device)
+    if across.any():
+        raise ValueError("a soft perm on the grouped axis of a grouped convolution must be "
+                         "block diagonal: it cannot move channels across groups")
+    blocks = grid.diagonal(dim1=1, dim2=3).movedim(-1, 1)  # (Bp, G, m, m)
+    moved = x.movedim(axis + 1, 2)  # (Bx, C_out, m, rest...)
+    rows = moved.reshape(moved.shape[0], groups, moved.shape[1] // groups, m, -1)
+    batch = max(rows.shape[0], blocks.shape[0])
+    out = torch.einsum("bgji,bgoir->bgojr", blocks.to(rows.dtype).expand(batch, -1, -1, -1),
+                       rows.expand(batch, -1, -1, -1, -1))
+    return out.reshape(out.shape[0], *moved.shape[1:]).movedim(2, axis + 1)
 
 
 def permute_tensor(x: torch.Tensor, axes: tuple, perms: Mapping, skip_axis=None) -> torch.Tensor:

@@ -6,8 +6,11 @@ from alignment_nets import digits, state, trained
 from deepalign.baselines import activation_matching, merge, sinkhorn_rebasin
 from deepalign.models import ViT, batched_forward
 from deepalign.testing import random_state_dict
-from deepalign.weightspace import (BlockGroup, PermutationSpec, check_equivalent,
+from deepalign.baselines._block_assignment import block_permutation
+from deepalign.weightspace import (BlockGroup, GroupedAxis, PermutationSpec, check_equivalent,
                                    invert_permutations, permute)
+from deepalign.weightspace._perm_sets import to_soft
+from deepalign.weightspace._permute import permute_tensor
 from structured_nets import MODELS
 
 
@@ -69,10 +72,44 @@ def test_sinkhorn_on_packed_heads_respects_the_blocks():
     check_equivalent(model, b, spec, found, inputs())
 
 
-def test_sinkhorn_refuses_grouped_convolutions():
-    model, spec, a, b, _, inputs = planted("resnext", 1)
-    with pytest.raises(NotImplementedError, match="grouped convolution axes"):
-        sinkhorn_rebasin(model, a, b, spec, (inputs(), torch.tensor([0, 1, 2])), n_steps=1)
+def test_sinkhorn_keeps_convolution_groups_intact():
+    """Block-diagonal soft perms inside the groups; a hard init may reorder the groups."""
+    model, spec, a, b, perms, inputs = planted("resnext", 2)
+    data = (inputs(), torch.tensor([0, 1, 2]))
+    answer = invert_permutations(perms)
+    back = sinkhorn_rebasin(model, a, b, spec, data, init=answer, n_steps=0)
+    assert all(torch.equal(back[k], answer[k]) for k in answer)
+    found = sinkhorn_rebasin(model, a, b, spec, data, init=answer, n_steps=3, batch_size=3)
+    spec.check_structure(found)
+    check_equivalent(model, b, spec, found, inputs())
+    from_b = sinkhorn_rebasin(model, a, b, spec, data, n_steps=3, batch_size=3)
+    for group in spec.block_groups:  # without an init the groups keep B's order
+        if group.kind == "groups":
+            for p in group.perms:
+                assert torch.equal(block_permutation(from_b[p], group.blocks),
+                                   torch.arange(group.blocks).expand(2, -1))
+
+
+def test_soft_perm_on_a_grouped_axis_matches_the_hard_one_and_stays_in_groups():
+    model, spec, a, _, perms, _ = planted("resnext", 1)
+    inner = {}
+    for group in spec.block_groups:  # the groups in place, random perms inside
+        for p in group.perms:
+            m = spec.sizes[p] // group.blocks
+            inner[p] = (torch.stack([torch.randperm(m) for _ in range(group.blocks)])
+                        + torch.arange(group.blocks)[:, None] * m).flatten()[None]
+    hard = {**{k: v[:1] for k, v in perms.items()}, **inner}
+    soft = to_soft(hard, torch.float64)
+    for key, axes in spec.axes_to_perm.items():
+        x = a[key].double()[None]
+        torch.testing.assert_close(permute_tensor(x, axes, soft), permute_tensor(x, axes, hard))
+    key, axis = next(k for k, item in spec.structured_axes.items()
+                     if isinstance(item, GroupedAxis))
+    name = spec.structured_axes[(key, axis)].perm
+    mixed = dict(soft)
+    mixed[name] = soft[name].roll(1, dims=-1)  # moves channels across groups
+    with pytest.raises(ValueError, match="block diagonal"):
+        permute_tensor(a[key].double()[None], spec.axes_to_perm[key], mixed)
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
