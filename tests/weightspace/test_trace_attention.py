@@ -297,11 +297,29 @@ class TimmAttention(nn.Module):
         return x + self.proj(y)
 
 
-def test_packed_five_dimensional_reshape_keeps_heads_with_tied_segments():
-    """The layout format holds that reshape only with q, k and v dims under one perm per
-    head: a subgroup of the symmetry (v's dims could move on their own), so still exact."""
-    spec = assert_exact_symmetry(TimmAttention(), torch.randn(2, 5, 12, dtype=torch.float64))
+class TimmRoundTrip(TimmAttention):
+    """The 5-D tensor also reshaped back to the packed axis and read whole."""
+
+    def __init__(self, width=12, heads=3):
+        super().__init__(width, heads)
+        self.mix = nn.Linear(3 * width, width)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        five = self.qkv(self.norm(x)).reshape(b, n, 3, self.heads, c // self.heads)
+        q, k, v = five.permute(2, 0, 3, 1, 4).unbind(0)
+        y = ((q @ k.transpose(-2, -1)).softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, c)
+        return x + self.proj(y) + self.mix(five.reshape(b, n, 3 * c))
+
+
+@pytest.mark.parametrize("make", [TimmAttention, TimmRoundTrip])
+def test_packed_five_dimensional_reshape_keeps_the_whole_heads_group(make):
+    """q/k dims and v dims under their own perms, one head perm: as with q, k, v split first;
+    reshaping the 5-D tensor back folds it to the packed axis again."""
+    spec = assert_exact_symmetry(make(), torch.randn(2, 5, 12, dtype=torch.float64))
     (group,) = spec.block_groups
-    (perm,) = group.perms
-    assert group.kind == "heads" and group.blocks == 3
-    assert spec.axes_to_perm["qkv.weight"][0] == (perm, perm, perm)
+    qk, v = group.perms
+    assert group.kind == "heads" and group.blocks == 3 and qk != v
+    assert spec.axes_to_perm["qkv.weight"][0] == (qk, qk, v)
+    if make is TimmRoundTrip:
+        assert spec.axes_to_perm["mix.weight"][1] == (qk, qk, v)

@@ -5,7 +5,13 @@ plain axis has one factor, a flattened ``(C, H, W) -> C*H*W`` axis has three). A
 
 - ``("a", v)``: the axis (or this part of it) is permuted by variable ``v``;
 - ``("i", v)``: the *inner* part of a split variable ``v`` (below), whose outer part is
-  another factor of the same tensor (the head axis next to the head-dim axis).
+  another factor of the same tensor (the head axis next to the head-dim axis);
+- ``("o", v)`` and ``("ii", v)``: for a split ``v`` whose parts are split alike, the outer
+  and the inner part of those parts, indexed by ``v``'s outer elsewhere in the tensor: timm's
+  ``reshape(B, N, 3, H, d)`` of a packed projection has the segment axis ``("a", outer)``,
+  the head axis ``("o", v)`` (segment ``k``'s head perm) and the head-dim axis ``("ii", v)``.
+  Selecting a segment turns them into ``("a", head perm of k)`` and ``("i", part k)``; they
+  support little else (a rule that meets them elsewhere gives up, which stays exact).
 
 Variables live in a union-find. A variable may be **split** into ``k`` consecutive parts:
 ``split[v] = (outer, parts)``. Its perm is then ``p[b*m + j] = s[b]*m + t_b[j]`` with ``s``
@@ -127,7 +133,11 @@ class AxisEngine:
         r = self.find(v)
         if tag == "a":
             return self.size[r]
-        return self.size[r] // len(self.split[r][1])
+        part = self.size[r] // len(self.split[r][1])
+        if tag == "i":
+            return part
+        blocks = len(self.split[self.find(self.split[r][1][0])][1])
+        return blocks if tag == "o" else part // blocks
 
     def fresh(self, shape, fixed: bool = False) -> tuple:
         """A layout of new variables (``fixed``: pinned, e.g. the model inputs)."""
@@ -148,17 +158,18 @@ class AxisEngine:
                         self.fix(p)
 
     def cut(self, factor, size: int) -> tuple:
-        """Cut a factor into ``(head of size, rest)``: splits the variable.
-
-        The inner part of a split variable (one q/k/v segment of a packed projection, reshaped
-        to ``(3, H, d)`` in one step) can be cut only if every part is the same variable, whose
-        own split then holds the heads: the parts are tied, a subgroup, so still exact."""
+        """Cut a factor into ``(head of size, rest)``: splits the variable (an inner factor:
+        every part of it, alike, giving ``("o", v), ("ii", v)``)."""
         tag, v = factor
         if tag == "i":
             parts = self.split[self.find(v)][1]
-            for p in parts[1:]:
-                self.union(parts[0], p)
-            v = self.find(parts[0])
+            if len({self.size[self.find(p)] for p in parts}) != 1:
+                raise AxisConflict("cannot cut the inner part of a split into unequal parts")
+            for p in parts:
+                self.split_equal(p, size)
+            return ("o", v), ("ii", v)
+        if tag != "a":
+            raise AxisConflict("cannot cut an axis that is already split twice")
         outer, _ = self.split_equal(v, size)
         return ("a", outer), ("i", v)
 
@@ -177,6 +188,8 @@ class AxisEngine:
                 continue
             if sx < sy:  # keep the bigger factor in x
                 fa, fb, x, y, sx, sy = fb, fa, y, x, sy, sx
+            if x[0] in ("o", "ii"):
+                raise AxisConflict("cannot tie an axis indexed through another axis")
             if x[0] == "a":
                 if sx % sy:
                     raise AxisConflict(f"an axis of size {sx} does not split at {sy}")
@@ -196,6 +209,10 @@ class AxisEngine:
             fa.pop(0)
 
     def tie_factors(self, x, y) -> None:
+        if "o" in (x[0], y[0]) or "ii" in (x[0], y[0]):
+            if x[0] == y[0] and self.find(x[1]) == self.find(y[1]):
+                return
+            raise AxisConflict("cannot tie an axis indexed through another axis")
         if x[0] == y[0]:
             self.union(x[1], y[1])  # two inner parts: their whole split variables are equal
             return
@@ -238,13 +255,19 @@ class AxisEngine:
                 if t0 == "a" and t1 == "i" and self.find(self.split[r1][0]) == self.find(v0):
                     axis[i:i + 2] = [("a", r1)]
                     i = max(i - 1, 0)
+                elif t0 == "o" and t1 == "ii" and self.find(v0) == r1:  # whole parts again
+                    axis[i:i + 2] = [("i", r1)]
+                    i = max(i - 1, 0)
                 else:
                     i += 1
             out.append(tuple(axis))
         return tuple(out)
 
     def orphans(self, layout) -> list:
-        """Split variables whose inner part is in ``layout`` but whose outer is not."""
+        """Split variables whose inner part is in ``layout`` but whose outer is not (for
+        ``("ii", v)``, also ``("o", v)``)."""
         present = {self.find(v) for axis in layout for t, v in axis if t == "a"}
+        heads = {self.find(v) for axis in layout for t, v in axis if t == "o"}
         return [v for axis in layout for t, v in axis
-                if t == "i" and self.find(self.split[self.find(v)][0]) not in present]
+                if t != "a" and (self.find(self.split[self.find(v)][0]) not in present
+                                 or t == "ii" and self.find(v) not in heads)]

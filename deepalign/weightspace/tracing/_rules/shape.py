@@ -110,11 +110,17 @@ def _select(ctx, x, dim: int, index: int) -> tuple:
             continue
         new = []
         for tag, v in axis:
-            split = engine.split.get(engine.find(v)) if tag == "i" else None
-            if split is not None and len(x[dim]) == 1 and engine.find(split[0]) in chosen:
-                new.append(("a", split[1][index]))  # the slot picks one part: q, k or v
-            else:
+            split = engine.split.get(engine.find(v)) if tag != "a" else None
+            if split is None or len(x[dim]) != 1 or engine.find(split[0]) not in chosen:
                 new.append((tag, v))
+                continue
+            part = split[1][index]  # the slot picks one part: q, k or v
+            if tag == "i":
+                new.append(("a", part))
+            elif tag == "o":  # that part's heads, and the dims inside them
+                new.append(("a", engine.split[engine.find(part)][0]))
+            else:
+                new.append(("i", part))
         out.append(tuple(new))
     _pin(ctx, x[dim])
     return tuple(out)
