@@ -323,3 +323,59 @@ def test_packed_five_dimensional_reshape_keeps_the_whole_heads_group(make):
     assert spec.axes_to_perm["qkv.weight"][0] == (qk, qk, v)
     if make is TimmRoundTrip:
         assert spec.axes_to_perm["mix.weight"][1] == (qk, qk, v)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+class LlamaBlock(nn.Module):
+    """A LLaMA-style block: hand-written RMSNorm, rotary embeddings (``rotate_half`` on a
+    non-persistent cos/sin table), causal sdpa, SwiGLU, between an input and an output layer."""
+
+    def __init__(self, width=16, heads=2, hidden=24, tokens=8):
+        super().__init__()
+        self.heads = heads
+        self.inp, self.out = nn.Linear(6, width), nn.Linear(width, 3)
+        self.n1, self.n2 = RMSNorm(width), RMSNorm(width)
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width, bias=False) for _ in range(4))
+        self.w1, self.w3 = (nn.Linear(width, hidden, bias=False) for _ in range(2))
+        self.w2 = nn.Linear(hidden, width, bias=False)
+        dim = width // heads
+        angle = torch.outer(torch.arange(tokens).float(),
+                            1.0 / 10000 ** (torch.arange(0, dim, 2).float() / dim))
+        angle = torch.cat((angle, angle), -1)
+        self.register_buffer("cos", angle.cos(), persistent=False)
+        self.register_buffer("sin", angle.sin(), persistent=False)
+
+    @staticmethod
+    def rotate_half(x):
+        return torch.cat((-x[..., x.shape[-1] // 2:], x[..., :x.shape[-1] // 2]), dim=-1)
+
+    def forward(self, x):
+        x = self.inp(x)
+        b, t, c = x.shape
+        h = self.n1(x)
+        q, k, v = (f(h).view(b, t, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        cos, sin = self.cos[:t].to(q.dtype), self.sin[:t].to(q.dtype)
+        q, k = (z * cos + self.rotate_half(z) * sin for z in (q, k))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, c)
+        x = x + self.o(y)
+        h = self.n2(x)
+        return self.out(x + self.w2(F.silu(self.w1(h)) * self.w3(h)))
+
+
+def test_rotary_embeddings_pin_the_query_key_dims_only():
+    """Rotation frequencies differ per q/k dim, so those stay put, and with them the heads
+    (the spec cannot name a head permutation without inner perms); v's dims move per head,
+    the residual stream and SwiGLU's hidden units (w1 and w3 alike) move freely."""
+    spec = assert_exact_symmetry(LlamaBlock(), torch.randn(2, 8, 6, dtype=torch.float64))
+    axes = spec.axes_to_perm
+    assert axes["q.weight"][0] is None and axes["k.weight"][0] is None
+    assert isinstance(axes["v.weight"][0], tuple) and len(set(axes["v.weight"][0])) == 2
+    assert axes["inp.weight"][0] is not None and axes["w1.weight"][0] == axes["w3.weight"][0]
