@@ -141,10 +141,14 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     base = None
     if init is not None and all(classify_perms(init, sizes)[1].values()):
         spec.check_structure(init)
+        init_batch = classify_perms(init, sizes)[0]
+        if init_batch not in (None, width):
+            raise ValueError(f"init has batch size {init_batch}, the pairs {width}")
         base = {name: p.expand(width, -1) for name, p in init.items()}
         b = {k: permute_tensor(v, spec.axes_to_perm[k], base) if k in floats else v
              for k, v in b.items()}
-        init = {name: torch.arange(n, device=next(iter(a.values())).device) for name, n in sizes.items()}
+        device = next(iter(a.values())).device
+        init = {name: torch.arange(n, device=device) for name, n in sizes.items()}
     # BatchNorm statistics are permuted softly too, but no gradient flows through them
     buffers = {name for name, _ in model.named_buffers()}
     like = a[floats[0]]

@@ -55,6 +55,9 @@ def test_sinkhorn_bad_input_errors():
         sinkhorn_rebasin(trained("mlp", 0), a, b, spec, x, n_steps=1)
     with pytest.raises(ValueError, match="inputs of shape"):
         sinkhorn_rebasin(trained("mlp", 0), a, b, spec, (x[:, :, :4], y), n_steps=1)
+    three = {k: p.expand(3, -1) for k, p in weight_matching(a, b, spec).items()}
+    with pytest.raises(ValueError, match="init has batch size 3"):
+        sinkhorn_rebasin(trained("mlp", 0), a, b, spec, (x, y), init=three, n_steps=1)
 
 
 def test_merge_two_is_align_then_average():

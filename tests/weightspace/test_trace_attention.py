@@ -361,7 +361,8 @@ class LlamaBlock(nn.Module):
         x = self.inp(x)
         b, t, c = x.shape
         h = self.n1(x)
-        q, k, v = (f(h).view(b, t, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        q, k, v = (f(h).view(b, t, self.heads, -1).transpose(1, 2)
+                   for f in (self.q, self.k, self.v))
         cos, sin = self.cos[:t].to(q.dtype), self.sin[:t].to(q.dtype)
         q, k = (z * cos + self.rotate_half(z) * sin for z in (q, k))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, c)
