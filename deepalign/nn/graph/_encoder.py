@@ -138,8 +138,9 @@ class GraphEncoder(nn.Module):
         b = next(iter(sd.values())).shape[0] if sd else 0
         h = self._initial_nodes(sd, b)
         e = self._initial_edges(sd, b)
-        for layer in self.layers:
-            h, e = layer(h, e, self.src, self.dst, self.inv_deg_in, self.inv_deg_out)
+        for i, layer in enumerate(self.layers):
+            h, e = layer(h, e, self.src, self.dst, self.inv_deg_in, self.inv_deg_out,
+                         update_edges=i < len(self.layers) - 1)
         return self.readout(h)
 
     def forward(self, state_dict: dict) -> dict:
