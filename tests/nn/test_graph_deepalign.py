@@ -52,6 +52,35 @@ def test_save_load_round_trip(tmp_path):
                                 cnn.state_dict())
 
 
+def test_input_norm_and_center():
+    model, spec, a, _ = _pair(RESNET)
+    torch.manual_seed(0)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), "graph", **SMALL).double().eval()
+    scaled = {k: v * (1 + i) if v.is_floating_point() else v for i, (k, v) in enumerate(a.items())}
+    torch.testing.assert_close(aligner.encoder(scaled), aligner.encoder(a))
+    for emb in aligner.encoder(a).values():  # center: each set's embeddings sum to zero
+        torch.testing.assert_close(emb.mean(dim=1), torch.zeros_like(emb[:, 0]))
+    raw = DeepAlign.from_spec(spec, model.state_dict(), "graph", input_norm=False, **SMALL)
+    raw.load_state_dict(aligner.state_dict())
+    raw = raw.double().eval()
+    assert not torch.allclose(raw.encoder(scaled)[spec.perm_names[0]],
+                              raw.encoder(a)[spec.perm_names[0]])
+
+
+def test_files_from_before_input_norm_and_center_load_without_them(tmp_path):
+    model, spec, _, _ = _pair(RESNET)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), "graph", input_norm=False,
+                                  center=False, **SMALL)
+    aligner.save(tmp_path / "graph.pt")
+    payload = torch.load(tmp_path / "graph.pt", weights_only=True)
+    del payload["config"]["input_norm"], payload["config"]["center"]
+    torch.save(payload, tmp_path / "old.pt")
+    old = DeepAlign.load(tmp_path / "old.pt").encoder
+    assert not old.input_norm and not old.center
+    new = DeepAlign.from_spec(spec, model.state_dict(), "graph").encoder
+    assert new.input_norm and new.center
+
+
 def test_bad_options_are_clear_errors():
     model, spec, _, _ = _pair(CNN)
     with pytest.raises(ValueError, match=r"unknown graph encoder options \['n_hidden'\]"):

@@ -92,6 +92,15 @@ def test_bad_perms_raise(bad, match):
         permute(state(), SPEC, bad)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_non_finite_weights_are_named(value, dtype):
+    sd = state((2,), dtype)
+    sd["fc1.weight"][1, 3, 2] = value
+    with pytest.raises(ValueError, match=r"\['fc1.weight'\] contains NaN or inf"):
+        permute(sd, SPEC, perms(2))
+
+
 def test_state_batch_and_perm_batch_must_agree():
     with pytest.raises(ValueError, match="batch size 2 but perms have 3"):
         permute(state((2,)), SPEC, perms(3))

@@ -31,6 +31,8 @@ class GraphEncoderConfig:
     hidden: int = 32
     n_layers: int = 3
     out_features: int = 64
+    input_norm: bool = True
+    center: bool = True
     kind: str = "graph"
 
     def to_dict(self) -> dict:
@@ -149,7 +151,9 @@ class GraphDeepAlign(DeepAlign):
         """Rebuild from what :meth:`save` wrote (``DeepAlign.load`` calls this)."""
         one = {k: torch.zeros(s, dtype=torch.float32 if f else torch.long)
                for k, (s, f) in payload["shapes"].items()}
-        model = cls(PermutationSpec.from_dict(payload["spec"]), one, payload["config"])
+        # files written before ``input_norm`` and ``center`` existed were trained without them
+        config = {"input_norm": False, "center": False, **payload["config"]}
+        model = cls(PermutationSpec.from_dict(payload["spec"]), one, config)
         model.load_state_dict(payload["state_dict"])
         model.task = payload.get("task", {})
         return model.eval()

@@ -51,6 +51,18 @@ class GraphEncoder(nn.Module):
         Message-passing layers (each one :class:`GraphLayer`).
     out_features : int
         Channels of the unit embeddings.
+    input_norm : bool
+        Divide each piece's raw values by their root mean square over the piece, per network
+        (a permutation invariant, so equivariance is untouched). Without it a piece's values
+        enter at their own scale: trained weights of ~0.1 next to input maps' biases of ~1 and
+        unit embeddings shared by every unit of a set, so that what tells units apart starts
+        an order of magnitude below what they share, and training spends its first hundreds
+        of steps scaling it up.
+    center : bool
+        Subtract, per network, each perm set's mean embedding from its units' (an invariant
+        again). Deep-Align compares units by cosine similarity; what every unit of a set shares
+        (its set embedding, the mean over similar neighbourhoods) would otherwise make all
+        cosines near 1, flat logits and flat Sinkhorn plans until the scale ``s`` grows.
 
     The input maps are one ``nn.Linear`` per node piece (a bias, a BatchNorm statistic, ...)
     and per edge piece (a weight tensor, its taps and blocks as input features), so the
@@ -58,10 +70,11 @@ class GraphEncoder(nn.Module):
     """
 
     def __init__(self, graph: WeightGraph, hidden: int = 32, n_layers: int = 3,
-                 out_features: int = 64):
+                 out_features: int = 64, input_norm: bool = True, center: bool = True):
         super().__init__()
         self.graph = graph
         self.hidden, self.n_layers, self.out_features = hidden, n_layers, out_features
+        self.input_norm, self.center = input_norm, center
         sets = list(graph.sets.values())
         self.set_embedding = nn.Parameter(torch.randn(len(sets), hidden) * 0.5)
         node_set = torch.cat([torch.full((s.size,), i) for i, s in enumerate(sets)]) \
@@ -125,16 +138,21 @@ class GraphEncoder(nn.Module):
         b = next(iter(sd.values())).shape[0] if sd else 0
         h = self._initial_nodes(sd, b)
         e = self._initial_edges(sd, b)
-        for layer in self.layers:
-            h, e = layer(h, e, self.src, self.dst, self.inv_deg_in, self.inv_deg_out)
+        for i, layer in enumerate(self.layers):
+            h, e = layer(h, e, self.src, self.dst, self.inv_deg_in, self.inv_deg_out,
+                         update_edges=i < len(self.layers) - 1)
         return self.readout(h)
 
     def forward(self, state_dict: dict) -> dict:
         """Per-perm unit embeddings: ``{perm: (B, n_perm, out_features)}`` (``perm_names``
-        order; ``n_perm`` units in index order, so they move with the perm)."""
+        order; ``n_perm`` units in index order, so they move with the perm), centred per set
+        with ``center``."""
         h = self.node_embeddings(state_dict)
-        return {name: h[:, s.offset:s.offset + s.size] for name, s in self.graph.sets.items()
-                if s.kind == "perm"}
+        out = {name: h[:, s.offset:s.offset + s.size] for name, s in self.graph.sets.items()
+               if s.kind == "perm"}
+        if self.center:
+            out = {name: e - e.mean(dim=1, keepdim=True) for name, e in out.items()}
+        return out
 
     def _initial_nodes(self, sd: dict, b: int) -> torch.Tensor:
         h = self.set_embedding[self.node_set]
@@ -143,11 +161,18 @@ class GraphEncoder(nn.Module):
         values = self.graph.node_values(sd)
         if not values:
             return h.contiguous()
-        terms = torch.cat([lin(x) for lin, x in zip(self.node_in, values)], dim=1)
+        terms = torch.cat([lin(self._normed(x)) for lin, x in zip(self.node_in, values)], dim=1)
         return h.index_add(1, self.node_index, terms)
 
+    def _normed(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, n, k) over its per-network RMS (all-zero pieces stay zero)."""
+        if not self.input_norm:
+            return x
+        rms = x.square().mean(dim=(1, 2), keepdim=True).sqrt()
+        return x / rms.clamp_min(torch.finfo(x.dtype).tiny ** 0.5)
+
     def _initial_edges(self, sd: dict, b: int) -> torch.Tensor:
-        parts = [lin(x) for lin, x in zip(self.edge_in, self.graph.edge_values(sd))]
+        parts = [lin(self._normed(x)) for lin, x in zip(self.edge_in, self.graph.edge_values(sd))]
         counts = self.graph.edge_counts[len(parts):]
         if self.block_edge is not None:
             parts += [row.expand(b, count, -1) for row, count in zip(self.block_edge, counts)]

@@ -31,6 +31,9 @@ class GraphLayer(nn.Module):
     inv_deg_in, inv_deg_out : Tensor, (N, 1)
         ``1 / max(1, degree)`` of each node as a destination / as a source.
 
+    update_edges : bool
+        False returns ``e`` itself as ``e'`` (for a last layer, whose edges nothing reads).
+
     Returns ``(h', e')`` of the same shapes.
     """
 
@@ -44,9 +47,10 @@ class GraphLayer(nn.Module):
         self.from_out = nn.Linear(channels, channels, bias=False)
         self.norm = nn.LayerNorm(channels)
 
-    def forward(self, h, e, src, dst, inv_deg_in, inv_deg_out) -> tuple:
+    def forward(self, h, e, src, dst, inv_deg_in, inv_deg_out, update_edges: bool = True) -> tuple:
         msg, to_dst, to_src = ops.edge_message_aggregate(
             self.w_src(h), self.w_dst(h), self.edge(e), src, dst)
         update = (self.self_term(h) + self.from_in(to_dst * inv_deg_in)
                   + self.from_out(to_src * inv_deg_out))
-        return self.norm(h + torch.relu(update)), e + msg
+        # the last layer's edge states are read by nothing: skip an (B, E, c) pass
+        return self.norm(h + torch.relu(update)), (e + msg if update_edges else e)
