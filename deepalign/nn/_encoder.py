@@ -36,6 +36,9 @@ class EncoderConfig:
         Normalisation over the (weights, biases) tuple between layers.
     dropout : float
         Dropout between layers (training only).
+    weight_similarity : bool
+        ``DeepAlign``'s head adds a learned multiple of weight matching's data-agnostic
+        similarity to the learned one (``deepalign.nn._weight_similarity``).
     """
 
     hidden: int = 32
@@ -49,6 +52,7 @@ class EncoderConfig:
     downsample_every_layer: bool = False
     norm: object = "batch"
     dropout: float = 0.0
+    weight_similarity: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
