@@ -96,6 +96,8 @@ def main():
     parser.add_argument("--methods", help="comma-separated subset of the seven (default: all)")
     parser.add_argument("--weight-similarity", action="store_true",
                         help="add weight matching's similarity to the head (DeepAlign option)")
+    parser.add_argument("--normalize-layers", action="store_true",
+                        help="divide each layer by its weights' RMS before the encoder")
     parser.add_argument("--input-mixing", default="none",
                         choices=["none", "permutation", "signed-permutation"],
                         help="mix the input space of each training pair (TrainConfig)")
@@ -113,8 +115,9 @@ def main():
                          distill_pairs=args.distill_pairs, distill_steps=args.distill_steps,
                          input_mixing=args.input_mixing, seed=args.seed)
     resume = os.path.exists(os.path.join(run, "checkpoint.pt"))
-    encoder = dict(preset["encoder"], **({"weight_similarity": True}
-                                         if args.weight_similarity else {}))
+    encoder = dict(preset["encoder"], **{flag: True for flag in ("weight_similarity",
+                                                                 "normalize_layers")
+                                         if getattr(args, flag)})
     _check(zoo, encoder)
     train(zoo, run, config=config, resume=resume, progress=not args.quiet, **encoder)
     metrics = read_metrics(run)

@@ -63,9 +63,12 @@ class DeepAlign(nn.Module):
         self.encoder = WeightSpaceEncoder(layout.set_sizes, layout.taps, self.config)
         # s^2 cos with s = 1 (the paper's init) keeps logits in [-1, 1]: nearly uniform rows
         # over tens of neurons and slow early training. Start sharper.
-        self.scale = nn.Parameter(torch.tensor(3.0))
-        self.weight_similarity = (WeightSimilarity(len(layout.perm_names))
-                                  if self.config.weight_similarity else None)
+        # With the weight term, start at weight matching's forward sweep (the term sharp, the
+        # untrained learned part small) and let training add what the learned part is worth.
+        with_weights = self.config.weight_similarity
+        self.scale = nn.Parameter(torch.tensor(1.0 if with_weights else 3.0))
+        self.weight_similarity = (WeightSimilarity(len(layout.perm_names), init=20.0)
+                                  if with_weights else None)
         # What the aligned networks are ({"model": build_model config, "dataset": name}), so a
         # saved aligner can rebuild and check them; set by from_zoo and the trainer.
         self.task = {}
@@ -150,8 +153,10 @@ class DeepAlign(nn.Module):
             layout's internal form in the parameters' dtype) for :meth:`logits`.
         """
         ref = self.scale
-        parts = [self.layout.to_internal({k: v.to(ref.device, dtype or ref.dtype)
-                                          for k, v in sd.items()}) for sd in batches]
+        parts = raw = [self.layout.to_internal({k: v.to(ref.device, dtype or ref.dtype)
+                                                for k, v in sd.items()}) for sd in batches]
+        if self.config.normalize_layers:
+            parts = [_normalize_layers(*p) for p in parts]
         feats = self._encode([torch.cat(w) for w in zip(*(p[0] for p in parts))],
                              [torch.cat(b) for b in zip(*(p[1] for p in parts))])
         emb = [torch.nn.functional.normalize(f.to(ref.dtype), dim=-1) * self.scale
@@ -159,7 +164,7 @@ class DeepAlign(nn.Module):
         sizes = [p[0][0].shape[0] for p in parts]
         out = [_Embeddings(chunk) for chunk in zip(*(e.split(sizes) for e in emb))]
         if self.weight_similarity is not None:
-            for chunk, (weights, biases) in zip(out, parts):
+            for chunk, (weights, biases) in zip(out, raw):
                 chunk.layers = ([w.to(ref.dtype) for w in weights],
                                 [b.to(ref.dtype) for b in biases])
         return out
@@ -261,6 +266,14 @@ class DeepAlign(nn.Module):
         model.load_state_dict(payload["state_dict"])
         model.task = payload.get("task", {})
         return model.eval()
+
+
+def _normalize_layers(weights: list, biases: list) -> tuple:
+    """Each layer's weight and bias over the RMS of its weights, per network."""
+    rms = [w.square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+           for w in weights]
+    return ([w / r for w, r in zip(weights, rms)],
+            [b / r[..., 0] for b, r in zip(biases, rms)])
 
 
 class _Embeddings(list):

@@ -39,6 +39,10 @@ class EncoderConfig:
     weight_similarity : bool
         ``DeepAlign``'s head adds a learned multiple of weight matching's data-agnostic
         similarity to the learned one (``deepalign.nn._weight_similarity``).
+    normalize_layers : bool
+        ``DeepAlign`` divides each layer's weight and bias by the root mean square of that
+        layer's weights, per network, before the encoder: invariant to hidden permutations,
+        and blind to the weight scale of a zoo (networks trained on other data or for longer).
     """
 
     hidden: int = 32
@@ -53,6 +57,7 @@ class EncoderConfig:
     norm: object = "batch"
     dropout: float = 0.0
     weight_similarity: bool = False
+    normalize_layers: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

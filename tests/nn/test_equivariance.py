@@ -47,9 +47,10 @@ def _train_a_little(aligner, spec, model, gen):
     ("default", {**SMALL, "set_layer": "sab", "reduction": "mean", "downsample": 3,
                  "downsample_every_layer": True, "norm": None, "dropout": 0.2}, True),
     ("default", {**SMALL, "weight_similarity": True}, True),
-    ("default", {**SMALL, "weight_similarity": True, "downsample": 3}, True)],
+    ("default", {**SMALL, "weight_similarity": True, "downsample": 3}, True),
+    ("default", {**SMALL, "weight_similarity": True, "normalize_layers": True}, True)],
     ids=["default-untrained", "default-trained", "paper-trained", "every-layer-downsample",
-         "weight-similarity", "weight-similarity-downsample"])
+         "weight-similarity", "weight-similarity-downsample", "normalized-layers"])
 def test_aligner_is_equivariant_and_swap_symmetric(arch, config, extra, trained):
     gen = torch.Generator().manual_seed(0)
     model = _mlp() if arch == "mlp" else _cnn()
@@ -106,6 +107,20 @@ def test_weight_similarity_alone_is_weight_matchings_forward_sweep():
     expected = invert_permutations(t)
     for k in found:
         assert torch.equal(found[k], expected[k])
+
+
+def test_normalized_layers_make_the_learned_part_blind_to_layer_scales():
+    gen = torch.Generator().manual_seed(5)
+    model = _mlp()
+    spec = _spec(model)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), normalize_layers=True,
+                                  **SMALL).double().eval()
+    a, b = random_state_dict(model, 2, generator=gen), random_state_dict(model, 2, generator=gen)
+    scaled = {k: v * (1.7 if k.startswith("layers.0.") else 0.4 if k.startswith("layers.2.")
+                      else 1.0) for k, v in a.items()}
+    base, moved = aligner(a, b), aligner(scaled, b)
+    for k in base:
+        torch.testing.assert_close(moved[k], base[k], rtol=1e-10, atol=1e-10)
 
 
 def test_single_pair_matches_batch_entry():

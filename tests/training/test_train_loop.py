@@ -97,10 +97,12 @@ def test_cli_trains_the_weight_similarity_with_input_mixing(zoo, tmp_path):
                      "--batch-size", "2", "--eval-every", "2", "--val-pairs", "2",
                      "--val-images", "64", "--val-points", "3", "--hidden", "8",
                      "--n-hidden", "1", "--out-features", "8", "--weight-similarity",
-                     "--input-mixing", "signed-permutation", "--no-progress"])
+                     "--normalize-layers", "--input-mixing", "signed-permutation",
+                     "--no-progress"])
     assert code == 0
     best = DeepAlign.load(out / "best.pt")
     assert best.config.weight_similarity and best.weight_similarity is not None
+    assert best.config.normalize_layers
     assert load_checkpoint(str(out))["config"]["input_mixing"] == "signed-permutation"
 
 
