@@ -67,7 +67,7 @@ class DeepAlign(nn.Module):
         # untrained learned part small) and let training add what the learned part is worth.
         with_weights = self.config.weight_similarity
         self.scale = nn.Parameter(torch.tensor(1.0 if with_weights else 3.0))
-        self.weight_similarity = (WeightSimilarity(len(layout.perm_names), init=20.0)
+        self.weight_similarity = (WeightSimilarity(len(layout.perm_names))
                                   if with_weights else None)
         # What the aligned networks are ({"model": build_model config, "dataset": name}), so a
         # saved aligner can rebuild and check them; set by from_zoo and the trainer.
@@ -150,7 +150,8 @@ class DeepAlign(nn.Module):
         list (one per batch) of lists (one per hidden set) of Tensor, (B_i, d_k, out_features)
             L2-normalised over channels, times the learned scale ``s``. With the weight
             similarity each list also carries its networks' layers (``.layers``, the
-            layout's internal form in the parameters' dtype) for :meth:`logits`.
+            layout's internal form in the parameters' dtype, not normalised) for
+            :meth:`logits`.
         """
         ref = self.scale
         parts = raw = [self.layout.to_internal({k: v.to(ref.device, dtype or ref.dtype)
@@ -164,9 +165,11 @@ class DeepAlign(nn.Module):
         sizes = [p[0][0].shape[0] for p in parts]
         out = [_Embeddings(chunk) for chunk in zip(*(e.split(sizes) for e in emb))]
         if self.weight_similarity is not None:
-            for chunk, (weights, biases) in zip(out, raw):
-                chunk.layers = ([w.to(ref.dtype) for w in weights],
-                                [b.to(ref.dtype) for b in biases])
+            if dtype not in (None, ref.dtype):  # the term stays in the parameters' precision
+                raw = [self.layout.to_internal({k: v.to(ref.device, ref.dtype)
+                                                for k, v in sd.items()}) for sd in batches]
+            for chunk, layers in zip(out, raw):
+                chunk.layers = layers
         return out
 
     def _encode(self, weights: list, biases: list) -> list:

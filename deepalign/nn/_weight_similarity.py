@@ -37,10 +37,12 @@ class WeightSimilarity(nn.Module):
     n_sets : int
         Hidden neuron sets (one learned weight each).
     init : float
-        Initial ``alpha_k``.
+        Initial ``alpha_k``: 20 makes the term alone a sharp plan (on Fashion-MNIST MLPs a
+        20-iteration Sinkhorn plan puts 0.47 of the first layer's mass on weight matching's
+        perm, at 5 only 0.11).
     """
 
-    def __init__(self, n_sets: int, init: float = 5.0):
+    def __init__(self, n_sets: int, init: float = 20.0):
         super().__init__()
         self.log_alpha = nn.Parameter(torch.full((n_sets,), math.log(init)))
 

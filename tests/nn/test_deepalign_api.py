@@ -94,6 +94,18 @@ def test_weight_similarity_term_trains_end_to_end(mlp):
     assert aligner.scale.grad is not None
 
 
+def test_weight_similarity_under_bfloat16_reads_full_precision_weights(mlp):
+    model, spec = mlp
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), weight_similarity=True,
+                                  **SMALL).eval()
+    gen = torch.Generator().manual_seed(2)
+    a = random_state_dict(model, 2, generator=gen, dtype=torch.float32)
+    emb, = aligner.embed(a, dtype=torch.bfloat16)
+    weights, _ = emb.layers
+    assert all(w.dtype == torch.float32 for w in weights)
+    torch.testing.assert_close(weights[0][..., 0], a["layers.0.weight"], rtol=0, atol=0)
+
+
 def test_load_rejects_other_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a DeepAlign file"):
