@@ -17,6 +17,9 @@ Usage::
 
     python benchmarks/bench_quality.py --preset digits --out results/quality-digits
     python benchmarks/bench_quality.py --preset fashion-mnist --out results/quality-fmnist
+    # an aligner for networks trained on other data (README, "Out of distribution")
+    python benchmarks/bench_quality.py --preset fashion-mnist --out results/quality-fmnist-ws \
+        --weight-similarity --normalize-layers --input-mixing signed-permutation
 
 Writes ``OUT/bench_quality.json`` and ``OUT/table.md`` (plus the zoo in ``OUT/zoo`` unless
 ``--zoo`` is given, the run in ``OUT/aligner`` and the evaluation in ``OUT/evaluation``).
