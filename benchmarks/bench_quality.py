@@ -17,6 +17,9 @@ Usage::
 
     python benchmarks/bench_quality.py --preset digits --out results/quality-digits
     python benchmarks/bench_quality.py --preset fashion-mnist --out results/quality-fmnist
+    # an aligner for networks trained on other data (README, "Out of distribution")
+    python benchmarks/bench_quality.py --preset fashion-mnist --out results/quality-fmnist-ws \
+        --weight-similarity --normalize-layers --input-mixing signed-permutation
 
 Writes ``OUT/bench_quality.json`` and ``OUT/table.md`` (plus the zoo in ``OUT/zoo`` unless
 ``--zoo`` is given, the run in ``OUT/aligner`` and the evaluation in ``OUT/evaluation``).
@@ -50,7 +53,7 @@ PRESETS = {
 }
 
 
-def _check(zoo):
+def _check(zoo, encoder):
     gen = torch.Generator().manual_seed(0)
     target = random_permutations({"P": 8}, 2, gen)
     noise = torch.randn(2, 8, 8, generator=gen, dtype=torch.float64)
@@ -59,7 +62,7 @@ def _check(zoo):
     assert at_target < elsewhere, "the distillation loss does not prefer its target"
     spec = zoo.spec()
     nets = zoo.stacked(zoo.split["val"][:4])
-    aligner = DeepAlign.from_zoo(zoo).double().eval()
+    aligner = DeepAlign.from_zoo(zoo, **encoder).double().eval()
     a = {k: v[:2].double() for k, v in nets.items()}
     b = {k: v[2:4].double() for k, v in nets.items()}
     assert_aligner_equivariant(aligner, spec, a, b, generator=gen)
@@ -93,6 +96,14 @@ def main():
     parser.add_argument("--distill-steps", type=int, default=300)
     parser.add_argument("--pairs", type=int, default=50, help="test pairs")
     parser.add_argument("--sinkhorn-steps", type=int, default=1000)
+    parser.add_argument("--methods", help="comma-separated subset of the seven (default: all)")
+    parser.add_argument("--weight-similarity", action="store_true",
+                        help="add weight matching's similarity to the head (DeepAlign option)")
+    parser.add_argument("--normalize-layers", action="store_true",
+                        help="divide each layer by its weights' RMS before the encoder")
+    parser.add_argument("--input-mixing", default="none",
+                        choices=["none", "permutation", "signed-permutation"],
+                        help="mix the input space of each training pair (TrainConfig)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
@@ -101,14 +112,17 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     keep_freed_memory()
     zoo = _zoo(args, preset)
-    _check(zoo)
     run = os.path.join(args.out, "aligner")
     config = TrainConfig(steps=args.steps or preset["steps"], lr_schedule="cosine",
                          time_limit=args.minutes, distill_weight=args.distill_weight,
                          distill_pairs=args.distill_pairs, distill_steps=args.distill_steps,
-                         seed=args.seed)
+                         input_mixing=args.input_mixing, seed=args.seed)
     resume = os.path.exists(os.path.join(run, "checkpoint.pt"))
-    train(zoo, run, config=config, resume=resume, progress=not args.quiet, **preset["encoder"])
+    encoder = dict(preset["encoder"], **{flag: True for flag in ("weight_similarity",
+                                                                 "normalize_layers")
+                                         if getattr(args, flag)})
+    _check(zoo, encoder)
+    train(zoo, run, config=config, resume=resume, progress=not args.quiet, **encoder)
     metrics = read_metrics(run)
     targets_s = (torch.load(os.path.join(run, "targets.pt"), weights_only=True)["seconds"]
                  if args.distill_weight > 0 else 0.0)
@@ -116,7 +130,8 @@ def main():
     best_step, best_val = min(val, key=lambda sv: sv[1])
     results, paths = evaluate_zoo(zoo.path, os.path.join(run, "best.pt"),
                                   os.path.join(args.out, "evaluation"), args.pairs,
-                                  args.sinkhorn_steps, seed=args.seed, progress=not args.quiet)
+                                  args.sinkhorn_steps, args.methods and args.methods.split(","),
+                                  seed=args.seed, progress=not args.quiet)
     barrier = {r.name: r.summary()["barrier_mean"] for r in results}
     report = {
         "preset": args.preset, "zoo": zoo.path, "machine": platform.machine(),

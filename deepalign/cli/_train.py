@@ -31,6 +31,9 @@ def _run(args) -> int:
     _steps_for_time_limit(args)
     overrides = {field: getattr(args, flag) for flag, (field, _) in _ENCODER_FLAGS.items()
                  if getattr(args, flag) is not None}
+    for flag in ("weight_similarity", "normalize_layers"):
+        if getattr(args, flag):
+            overrides[flag] = True
     train_fields = {f.name for f in fields(TrainConfig)} - {"augmentation"}
     aug = {f.name: getattr(args, f.name) for f in fields(Augmentation)
            if getattr(args, f.name) is not None}
@@ -80,4 +83,9 @@ def register(sub) -> None:
     g = p.add_argument_group("encoder overrides of the preset")
     for flag, (_, kind) in _ENCODER_FLAGS.items():
         g.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
+    g.add_argument("--weight-similarity", action="store_true",
+                   help="add a learned multiple of weight matching's similarity of the raw "
+                   "weights to the learned one (DWS encoder)")
+    g.add_argument("--normalize-layers", action="store_true",
+                   help="divide each layer by its weights' RMS before the encoder (DWS encoder)")
     p.set_defaults(run=_run)

@@ -11,6 +11,11 @@ F = F_proj o F_prod o F_{V->A} o F_DWS:
   assignment of ``log P`` equals that of ``S`` (Sinkhorn only adds row and column constants),
   so rounding uses the raw similarity.
 
+With ``weight_similarity=True`` (an ``EncoderConfig`` field) ``S_k`` also gets a learned
+positive multiple of weight matching's cosine similarity of the raw weights, computed along
+the chain with the aligner's own plans (``_weight_similarity``): a data-agnostic term the
+learned part corrects.
+
 Symmetries: for hidden-neuron permutations ``g, g'``,
 ``S(g#v, g'#v') = G S(v, v') G'^T`` and ``S(v', v) = S(v, v')^T``.
 """
@@ -20,6 +25,7 @@ from torch import nn
 from deepalign import ops
 from deepalign.nn._encoder import WeightSpaceEncoder, make_config
 from deepalign.nn._layout import WeightLayout
+from deepalign.nn._weight_similarity import WeightSimilarity
 from deepalign._io import save_atomic
 
 _FORMAT = "deepalign.DeepAlign/1"
@@ -57,7 +63,12 @@ class DeepAlign(nn.Module):
         self.encoder = WeightSpaceEncoder(layout.set_sizes, layout.taps, self.config)
         # s^2 cos with s = 1 (the paper's init) keeps logits in [-1, 1]: nearly uniform rows
         # over tens of neurons and slow early training. Start sharper.
-        self.scale = nn.Parameter(torch.tensor(3.0))
+        # With the weight term, start at weight matching's forward sweep (the term sharp, the
+        # untrained learned part small) and let training add what the learned part is worth.
+        with_weights = self.config.weight_similarity
+        self.scale = nn.Parameter(torch.tensor(1.0 if with_weights else 3.0))
+        self.weight_similarity = (WeightSimilarity(len(layout.perm_names))
+                                  if with_weights else None)
         # What the aligned networks are ({"model": build_model config, "dataset": name}), so a
         # saved aligner can rebuild and check them; set by from_zoo and the trainer.
         self.task = {}
@@ -137,17 +148,29 @@ class DeepAlign(nn.Module):
         Returns
         -------
         list (one per batch) of lists (one per hidden set) of Tensor, (B_i, d_k, out_features)
-            L2-normalised over channels, times the learned scale ``s``.
+            L2-normalised over channels, times the learned scale ``s``. With the weight
+            similarity each list also carries its networks' layers (``.layers``, the
+            layout's internal form in the parameters' dtype, not normalised) for
+            :meth:`logits`.
         """
         ref = self.scale
-        parts = [self.layout.to_internal({k: v.to(ref.device, dtype or ref.dtype)
-                                          for k, v in sd.items()}) for sd in batches]
+        parts = raw = [self.layout.to_internal({k: v.to(ref.device, dtype or ref.dtype)
+                                                for k, v in sd.items()}) for sd in batches]
+        if self.config.normalize_layers:
+            parts = [_normalize_layers(*p) for p in parts]
         feats = self._encode([torch.cat(w) for w in zip(*(p[0] for p in parts))],
                              [torch.cat(b) for b in zip(*(p[1] for p in parts))])
         emb = [torch.nn.functional.normalize(f.to(ref.dtype), dim=-1) * self.scale
                for f in feats]
         sizes = [p[0][0].shape[0] for p in parts]
-        return [list(chunk) for chunk in zip(*(e.split(sizes) for e in emb))]
+        out = [_Embeddings(chunk) for chunk in zip(*(e.split(sizes) for e in emb))]
+        if self.weight_similarity is not None:
+            if dtype not in (None, ref.dtype):  # the term stays in the parameters' precision
+                raw = [self.layout.to_internal({k: v.to(ref.device, ref.dtype)
+                                                for k, v in sd.items()}) for sd in batches]
+            for chunk, layers in zip(out, raw):
+                chunk.layers = layers
+        return out
 
     def _encode(self, weights: list, biases: list) -> list:
         """The encoder. In eval mode networks are encoded independently (BatchNorm uses its
@@ -179,12 +202,20 @@ class DeepAlign(nn.Module):
         emb_a, emb_b = self.embed(sd_a, sd_b)
         return emb_a, emb_b, batched
 
-    def logits(self, emb_a: list, emb_b: list) -> dict:
-        """``S_k = E_a E_b^T`` from :meth:`embed_pair` output: dict of (B, n_k, n_k)."""
-        return {name: ea @ eb.mT for name, ea, eb in zip(self.perm_names, emb_a, emb_b)}
+    def logits(self, emb_a: list, emb_b: list, n_iters: int = 20, tau: float = 1.0) -> dict:
+        """``S_k = E_a E_b^T`` (plus the weight term, whose inner plans use ``n_iters`` and
+        ``tau`` while training) from :meth:`embed_pair` output: dict of (B, n_k, n_k)."""
+        learned = [ea @ eb.mT for ea, eb in zip(emb_a, emb_b)]
+        if self.weight_similarity is not None:
+            learned = self.weight_similarity(learned, emb_a.layers, emb_b.layers, n_iters, tau)
+        return dict(zip(self.perm_names, learned))
 
     def plans(self, emb_a: list, emb_b: list, n_iters: int = 20, tau: float = 1.0) -> dict:
-        """Sinkhorn plans ``sinkhorn(E_a E_b^T, n_iters, tau)`` (fused outer product)."""
+        """Sinkhorn plans ``sinkhorn(S, n_iters, tau)`` of :meth:`logits` (without the weight
+        term: fused with the outer product ``E_a E_b^T``)."""
+        if self.weight_similarity is not None:
+            return {name: ops.sinkhorn_project(s, n_iters, tau)
+                    for name, s in self.logits(emb_a, emb_b, n_iters, tau).items()}
         return {name: ops.outer_sinkhorn_project(ea, eb, n_iters, tau)
                 for name, ea, eb in zip(self.perm_names, emb_a, emb_b)}
 
@@ -238,6 +269,21 @@ class DeepAlign(nn.Module):
         model.load_state_dict(payload["state_dict"])
         model.task = payload.get("task", {})
         return model.eval()
+
+
+def _normalize_layers(weights: list, biases: list) -> tuple:
+    """Each layer's weight and bias over the RMS of its weights, per network."""
+    rms = [w.square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+           for w in weights]
+    return ([w / r for w, r in zip(weights, rms)],
+            [b / r[..., 0] for b, r in zip(biases, rms)])
+
+
+class _Embeddings(list):
+    """Per hidden set neuron embeddings of a batch; ``layers`` holds the networks' layers
+    when the weight similarity needs them."""
+
+    layers = None
 
 
 def _is_graph_config(config) -> bool:

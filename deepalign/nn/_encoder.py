@@ -36,6 +36,13 @@ class EncoderConfig:
         Normalisation over the (weights, biases) tuple between layers.
     dropout : float
         Dropout between layers (training only).
+    weight_similarity : bool
+        ``DeepAlign``'s head adds a learned multiple of weight matching's data-agnostic
+        similarity to the learned one (``deepalign.nn._weight_similarity``).
+    normalize_layers : bool
+        ``DeepAlign`` divides each layer's weight and bias by the root mean square of that
+        layer's weights, per network, before the encoder: invariant to hidden permutations,
+        and blind to the weight scale of a zoo (networks trained on other data or for longer).
     """
 
     hidden: int = 32
@@ -49,6 +56,8 @@ class EncoderConfig:
     downsample_every_layer: bool = False
     norm: object = "batch"
     dropout: float = 0.0
+    weight_similarity: bool = False
+    normalize_layers: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,6 +11,11 @@ Applied in this order, independently per network of a batch, all drawn from one
    on its outgoing weights: the function is unchanged, the weights are not;
 4. quantile dropout: ``q ~ U(0, quantile_dropout)``, every weight and bias whose magnitude
    is below the ``q``-quantile of the network's magnitudes is zeroed.
+
+:func:`mix_inputs` is of another kind: it moves the input space of a *pair* (one draw shared by
+both networks), which leaves the hidden permutation aligning them unchanged. The aligner sees
+mixed networks, the losses the originals, so it cannot key on what the training data's
+inputs look like (a Fashion-MNIST pixel layout) and must compare neurons across networks.
 """
 from dataclasses import dataclass
 
@@ -71,6 +76,53 @@ def augment(sd: dict, layout, aug: Augmentation, generator: torch.Generator) -> 
         out = _rescale_neurons(out, layout, aug.pos_scale, generator)
     if aug.quantile_dropout:
         out = _quantile_dropout(out, keys, aug.quantile_dropout, generator)
+    return out
+
+
+#: the input mixings of :func:`mix_inputs`
+INPUT_MIXINGS = ("none", "permutation", "signed-permutation")
+
+
+def mix_inputs(sds: list, layout, kind: str, generator: torch.Generator) -> list:
+    """The same random transform of the input space applied to item ``b`` of every batch.
+
+    ``W_1 -> W_1 Q^T`` on the first layer's input axis, with ``Q`` a permutation
+    (``'permutation'``) or a permutation with random signs (``'signed-permutation'``), one per
+    item: a network ``v`` on inputs ``x`` computes what the mixed one does on ``Q x``, and for
+    two networks mixed alike the aligning hidden permutation is the same.
+
+    Parameters
+    ----------
+    sds : list of dict of str to Tensor, each (B, *shape)
+    layout : deepalign.nn.WeightLayout
+    kind : {'none', 'permutation', 'signed-permutation'}
+    generator : torch.Generator
+
+    Returns
+    -------
+    list of dict (new dicts; only the first weight is replaced)
+    """
+    if kind not in INPUT_MIXINGS:
+        raise ValueError(f"input mixing must be one of {INPUT_MIXINGS}, got {kind!r}")
+    if kind == "none":
+        return list(sds)
+    if not hasattr(layout, "slots"):
+        raise ValueError("input mixing needs a layer chain (the DWS aligner)")
+    slot = layout.slots[0]
+    first = sds[0][slot.weight]
+    b = first.shape[0]
+    order = torch.rand(b, slot.d_in, generator=generator).argsort(dim=1).to(first.device)
+    signs = None
+    if kind == "signed-permutation":
+        signs = 2 * (_draw(torch.rand, (b, slot.d_in), first, generator) < 0.5) - 1
+    out = []
+    for sd in sds:
+        w = sd[slot.weight]
+        view = w.reshape(b, slot.d_out, slot.d_in, -1)
+        mixed = view.gather(2, order[:, None, :, None].expand_as(view))
+        if signs is not None:
+            mixed = mixed * signs[:, None, :, None].to(w.dtype)
+        out.append({**sd, slot.weight: mixed.reshape(w.shape)})
     return out
 
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from deepalign.nn import DeepAlign
 from deepalign.training._allocator import keep_freed_memory
-from deepalign.training._augment import Augmentation
+from deepalign.training._augment import INPUT_MIXINGS, Augmentation, mix_inputs
 from deepalign.training._checkpoint import BEST, load_checkpoint, save_checkpoint
 from deepalign.training._distill import distillation_loss, distillation_targets
 from deepalign.training._distributed import (any_rank, barrier_if_distributed,
@@ -67,6 +67,10 @@ class TrainConfig:
     unlabelled partners are drawn from them, and the cross-entropy of the aligner's plans
     (``distill_iters`` Sinkhorn iterations at ``tau``) against their perms joins the loss. The
     targets' compute time counts towards ``time_limit``.
+
+    ``input_mixing``: 'none', 'permutation' or 'signed-permutation': the aligner sees each
+    item's three networks with one random transform of their input space (``mix_inputs``),
+    the losses the originals.
     """
 
     steps: int = 1500
@@ -94,6 +98,7 @@ class TrainConfig:
     distill_steps: int = 300
     distill_iters: int = 20
     augmentation: dict = field(default_factory=lambda: asdict(Augmentation()))
+    input_mixing: str = "none"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "image_batch", "eval_every", "checkpoint_every",
@@ -103,6 +108,9 @@ class TrainConfig:
         if self.distill_weight < 0 or self.distill_steps < 0 or self.distill_iters < 0:
             raise ValueError("distill_weight, distill_steps and distill_iters must be >= 0")
         Augmentation(**self.augmentation)
+        if self.input_mixing not in INPUT_MIXINGS:
+            raise ValueError(f"input_mixing must be one of {INPUT_MIXINGS}, "
+                             f"got {self.input_mixing!r}")
         if self.lr_schedule not in _SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {sorted(_SCHEDULES)}, "
                              f"got {self.lr_schedule!r}")
@@ -125,13 +133,14 @@ class _StepLoss(torch.nn.Module):
         self.spec = spec
         self.keys = aligner.weight_keys
 
-    def forward(self, batch, task_model, x, y, lam) -> tuple:
+    def forward(self, batch, task_model, x, y, lam, seen=None) -> tuple:
+        """``seen``: what the aligner encodes instead of ``(a, labelled_b, unlabelled_b)``
+        (their input-mixed copies); the losses use the batch's networks."""
         cfg = self.config
-        emb_a, emb_lab, emb_unl = self.aligner.embed(batch.a, batch.labelled_b,
-                                                     batch.unlabelled_b,
-                                                     dtype=_PRECISIONS[cfg.precision])
-        parts = {"supervised": supervised_loss(self.aligner.logits(emb_a, emb_lab),
-                                               batch.target)}
+        seen = seen or (batch.a, batch.labelled_b, batch.unlabelled_b)
+        emb_a, emb_lab, emb_unl = self.aligner.embed(*seen, dtype=_PRECISIONS[cfg.precision])
+        parts = {"supervised": supervised_loss(
+            self.aligner.logits(emb_a, emb_lab, cfg.sinkhorn_iters, cfg.tau), batch.target)}
         plans = self.aligner.plans(emb_a, emb_unl, cfg.sinkhorn_iters, cfg.tau)
         aligned = permute(batch.unlabelled_b, self.spec, plans)
         parts["alignment"] = alignment_loss(batch.a, aligned, self.keys)
@@ -140,9 +149,9 @@ class _StepLoss(torch.nn.Module):
         loss = (cfg.supervised_weight * parts["supervised"] + cfg.alignment_weight *
                 parts["alignment"] + cfg.interpolation_weight * parts["interpolation"])
         if batch.distill_target is not None:
-            parts["distillation"] = distillation_loss(self.aligner.logits(emb_a, emb_unl),
-                                                      batch.distill_target, cfg.distill_iters,
-                                                      cfg.tau)
+            logits = self.aligner.logits(emb_a, emb_unl, cfg.sinkhorn_iters, cfg.tau)
+            parts["distillation"] = distillation_loss(logits, batch.distill_target,
+                                                      cfg.distill_iters, cfg.tau)
             loss = loss + cfg.distill_weight * parts["distillation"]
         return loss, parts
 
@@ -242,8 +251,12 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
         pick = torch.randint(len(train_task.x), (config.image_batch,), generator=gen).to(device)
         lam = torch.rand(per_rank, generator=gen)
         torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=gen)))  # dropout
+        seen = None
+        if config.input_mixing != "none":
+            seen = tuple(mix_inputs([batch.a, batch.labelled_b, batch.unlabelled_b], chain,
+                                    config.input_mixing, gen))
         loss, parts = runner(batch, task_model, train_task.x[pick],
-                             train_task.targets(batch.index, pick), lam.to(device))
+                             train_task.targets(batch.index, pick), lam.to(device), seen)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: training loss is {float(loss)}")
         optimizer.zero_grad(set_to_none=True)

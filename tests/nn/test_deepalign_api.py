@@ -55,6 +55,57 @@ def test_save_load_round_trip(mlp, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aligner.pt"]  # no temp files left
 
 
+def test_weight_similarity_round_trips_and_old_files_load_without_it(mlp, tmp_path):
+    model, spec = mlp
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), weight_similarity=True, **SMALL)
+    with torch.no_grad():
+        aligner.weight_similarity.log_alpha.fill_(0.7)
+    aligner.eval().save(tmp_path / "ws.pt")
+    loaded = DeepAlign.load(tmp_path / "ws.pt")
+    assert loaded.config.weight_similarity and loaded.config == aligner.config
+    a, b = random_state_dict(model, 2, dtype=torch.float32), random_state_dict(model, 2,
+                                                                                dtype=torch.float32)
+    for k, v in aligner(a, b).items():
+        torch.testing.assert_close(loaded(a, b)[k], v, rtol=0, atol=0)
+    # a file written before the option existed has no such config field: it reads as off
+    plain = DeepAlign.from_spec(spec, model.state_dict(), **SMALL).eval()
+    plain.save(tmp_path / "plain.pt")
+    payload = torch.load(tmp_path / "plain.pt", weights_only=True)
+    del payload["config"]["weight_similarity"]
+    torch.save(payload, tmp_path / "old.pt")
+    old = DeepAlign.load(tmp_path / "old.pt")
+    assert not old.config.weight_similarity and old.weight_similarity is None
+
+
+def test_weight_similarity_term_trains_end_to_end(mlp):
+    model, spec = mlp
+    torch.manual_seed(0)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), weight_similarity=True,
+                                  **SMALL).train()
+    gen = torch.Generator().manual_seed(1)
+    a = random_state_dict(model, 3, generator=gen, dtype=torch.float32)
+    b = random_state_dict(model, 3, generator=gen, dtype=torch.float32)
+    emb_a, emb_b = aligner.embed(a, b)
+    plans = aligner.plans(emb_a, emb_b, n_iters=5)
+    sum(p.diagonal(dim1=-2, dim2=-1).sum() for p in plans.values()).backward()
+    grad = aligner.weight_similarity.log_alpha.grad
+    # the second set's term sees the first set's plan: both weights get gradient
+    assert grad is not None and (grad != 0).all()
+    assert aligner.scale.grad is not None
+
+
+def test_weight_similarity_under_bfloat16_reads_full_precision_weights(mlp):
+    model, spec = mlp
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), weight_similarity=True,
+                                  **SMALL).eval()
+    gen = torch.Generator().manual_seed(2)
+    a = random_state_dict(model, 2, generator=gen, dtype=torch.float32)
+    emb, = aligner.embed(a, dtype=torch.bfloat16)
+    weights, _ = emb.layers
+    assert all(w.dtype == torch.float32 for w in weights)
+    torch.testing.assert_close(weights[0][..., 0], a["layers.0.weight"], rtol=0, atol=0)
+
+
 def test_load_rejects_other_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a DeepAlign file"):

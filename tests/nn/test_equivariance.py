@@ -6,6 +6,7 @@ from deepalign import PermutationSpec
 from deepalign.models import CNN, MLP
 from deepalign.nn import DeepAlign
 from deepalign.testing import assert_aligner_equivariant, random_state_dict
+from deepalign.weightspace import invert_permutations, permute, random_permutations
 
 SMALL = {"hidden": 8, "n_hidden": 2, "out_features": 8}
 
@@ -44,8 +45,12 @@ def _train_a_little(aligner, spec, model, gen):
     ("default", SMALL, True),
     ("paper", SMALL, True),
     ("default", {**SMALL, "set_layer": "sab", "reduction": "mean", "downsample": 3,
-                 "downsample_every_layer": True, "norm": None, "dropout": 0.2}, True)],
-    ids=["default-untrained", "default-trained", "paper-trained", "every-layer-downsample"])
+                 "downsample_every_layer": True, "norm": None, "dropout": 0.2}, True),
+    ("default", {**SMALL, "weight_similarity": True}, True),
+    ("default", {**SMALL, "weight_similarity": True, "downsample": 3}, True),
+    ("default", {**SMALL, "weight_similarity": True, "normalize_layers": True}, True)],
+    ids=["default-untrained", "default-trained", "paper-trained", "every-layer-downsample",
+         "weight-similarity", "weight-similarity-downsample", "normalized-layers"])
 def test_aligner_is_equivariant_and_swap_symmetric(arch, config, extra, trained):
     gen = torch.Generator().manual_seed(0)
     model = _mlp() if arch == "mlp" else _cnn()
@@ -58,6 +63,64 @@ def test_aligner_is_equivariant_and_swap_symmetric(arch, config, extra, trained)
     sd_a = random_state_dict(model, 2, generator=gen)
     sd_b = random_state_dict(model, 2, generator=gen)
     assert_aligner_equivariant(aligner, spec, sd_a, sd_b, n_iters=20, generator=gen)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_weight_similarity_is_equivariant_while_training(arch):
+    # training mode: the inner plans are symmetrised Sinkhorn plans (differentiable), not
+    # assignments; BatchNorm's batch statistics are invariant to neuron order
+    gen = torch.Generator().manual_seed(3)
+    model = _mlp() if arch == "mlp" else _cnn()
+    spec = _spec(model)
+    torch.manual_seed(0)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), weight_similarity=True,
+                                  **SMALL).double().train()
+    sd_a = random_state_dict(model, 2, generator=gen)
+    sd_b = random_state_dict(model, 2, generator=gen)
+    g = random_permutations(spec.perm_sizes(sd_a, batched=True), 2, gen)
+    h = random_permutations(spec.perm_sizes(sd_a, batched=True), 2, gen)
+    base = aligner(sd_a, sd_b)
+    moved = aligner(permute(sd_a, spec, g), permute(sd_b, spec, h))
+    swapped = aligner(sd_b, sd_a)
+    for k in base:
+        expected = base[k].gather(-2, g[k][..., :, None].expand_as(base[k]))
+        expected = expected.gather(-1, h[k][..., None, :].expand_as(base[k]))
+        torch.testing.assert_close(moved[k], expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(swapped[k], base[k].mT, rtol=1e-10, atol=1e-10)
+
+
+def test_weight_similarity_alone_is_weight_matchings_forward_sweep():
+    # with the learned part silenced, an aligner with the term finds the planted permutation
+    # of a network and a permuted, slightly perturbed copy of it
+    gen = torch.Generator().manual_seed(4)
+    model = _mlp()
+    spec = _spec(model)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), weight_similarity=True,
+                                  **SMALL).double().eval()
+    with torch.no_grad():
+        aligner.scale.zero_()
+    a = random_state_dict(model, 3, generator=gen)
+    t = random_permutations(spec.perm_sizes(a, batched=True), 3, gen)
+    b = {k: v + 0.01 * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+         for k, v in permute(a, spec, t).items()}
+    found = aligner.align(a, b)
+    expected = invert_permutations(t)
+    for k in found:
+        assert torch.equal(found[k], expected[k])
+
+
+def test_normalized_layers_make_the_learned_part_blind_to_layer_scales():
+    gen = torch.Generator().manual_seed(5)
+    model = _mlp()
+    spec = _spec(model)
+    aligner = DeepAlign.from_spec(spec, model.state_dict(), normalize_layers=True,
+                                  **SMALL).double().eval()
+    a, b = random_state_dict(model, 2, generator=gen), random_state_dict(model, 2, generator=gen)
+    scaled = {k: v * (1.7 if k.startswith("layers.0.") else 0.4 if k.startswith("layers.2.")
+                      else 1.0) for k, v in a.items()}
+    base, moved = aligner(a, b), aligner(scaled, b)
+    for k in base:
+        torch.testing.assert_close(moved[k], base[k], rtol=1e-10, atol=1e-10)
 
 
 def test_single_pair_matches_batch_entry():

@@ -7,6 +7,8 @@ from deepalign.models import CNN, MLP, batched_forward
 from deepalign.nn import WeightLayout
 from deepalign.testing import random_state_dict
 from deepalign.training import Augmentation, PairSampler, augment
+from deepalign.training._augment import mix_inputs
+from deepalign.weightspace import random_permutations
 
 OFF = Augmentation(noise=0, dropout=0, pos_scale=0, quantile_dropout=0)
 
@@ -29,6 +31,40 @@ def test_positive_rescaling_keeps_the_function(arch):
     out = augment(sd, layout, Augmentation(0, 0, 0.5, 0), gen)
     assert any(not torch.equal(out[k], sd[k]) for k in sd)
     torch.testing.assert_close(batched_forward(model, out, x), batched_forward(model, sd, x))
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+@pytest.mark.parametrize("kind", ["permutation", "signed-permutation"])
+def test_input_mixing_moves_the_input_space_and_keeps_the_alignment(arch, kind):
+    model, spec, layout, x = _setup(arch)
+    gen = torch.Generator().manual_seed(5)
+    a = random_state_dict(model, 3, generator=gen)
+    t = random_permutations(spec.perm_sizes(a, batched=True), 3, gen)
+    b = permute(a, spec, t)
+    mixed_a, mixed_b = mix_inputs([a, b], layout, kind, gen)
+    first = layout.slots[0].weight
+    if arch == "mlp":  # the CNN's one input channel only changes sign, or not at all
+        assert not torch.equal(mixed_a[first], a[first])
+    assert all(torch.equal(mixed_a[k], a[k]) for k in a if k != first)
+    # the same hidden permutation still maps one mixed network onto the other
+    for k, v in permute(mixed_a, spec, t).items():
+        torch.testing.assert_close(v, mixed_b[k], rtol=0, atol=0)
+    # every input of the mixed first layer is an input of the original, possibly negated:
+    # recover that (signed) permutation Q from the columns and check W Q^T (Q x) = W x
+    if arch == "mlp":
+        w, m = a[first][0], mixed_a[first][0]
+        source = (m.abs()[:, :, None] - w.abs()[:, None, :]).abs().sum(0).argmin(1)
+        assert sorted(source.tolist()) == list(range(w.shape[1]))
+        sign = torch.sign(m[0] / w[0, source])
+        if kind == "permutation":
+            assert (sign == 1).all()
+        moved = x[:, source] * sign
+        one = {k: v[:1] for k, v in a.items()}
+        torch.testing.assert_close(batched_forward(model, {**one, first: mixed_a[first][:1]},
+                                                   moved), batched_forward(model, one, x))
+    assert mix_inputs([a], layout, "none", gen)[0] is a
+    with pytest.raises(ValueError, match="input mixing must be one of"):
+        mix_inputs([a], layout, "rotate", gen)
 
 
 def test_dropouts_zero_weights_without_rescaling_survivors():

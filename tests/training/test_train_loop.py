@@ -91,6 +91,21 @@ def test_cli_train_runs(zoo, tmp_path, capsys):
     assert "parameter aligner" in capsys.readouterr().out
 
 
+def test_cli_trains_the_weight_similarity_with_input_mixing(zoo, tmp_path):
+    out = tmp_path / "ws"
+    code = cli_main(["train", "--zoo", zoo.path, "--out", str(out), "--steps", "2",
+                     "--batch-size", "2", "--eval-every", "2", "--val-pairs", "2",
+                     "--val-images", "64", "--val-points", "3", "--hidden", "8",
+                     "--n-hidden", "1", "--out-features", "8", "--weight-similarity",
+                     "--normalize-layers", "--input-mixing", "signed-permutation",
+                     "--no-progress"])
+    assert code == 0
+    best = DeepAlign.load(out / "best.pt")
+    assert best.config.weight_similarity and best.weight_similarity is not None
+    assert best.config.normalize_layers
+    assert load_checkpoint(str(out))["config"]["input_mixing"] == "signed-permutation"
+
+
 def test_a_time_limit_without_steps_trains_until_the_clock():
     from argparse import Namespace
 
@@ -122,6 +137,8 @@ def test_bad_config_is_rejected():
         TrainConfig(lr_schedule="linear")
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainConfig(precision="float16")
+    with pytest.raises(ValueError, match="input_mixing must be one of"):
+        TrainConfig(input_mixing="rotate")
     with pytest.raises(ValueError, match="dropout"):
         TrainConfig(augmentation={"noise": 0.01, "dropout": 1.5, "pos_scale": 0.1,
                                   "quantile_dropout": 0.1})

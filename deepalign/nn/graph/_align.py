@@ -80,6 +80,7 @@ class GraphDeepAlign(DeepAlign):
         self.encoder = GraphEncoder.from_spec(spec, one, **kwargs)
         self.scale = nn.Parameter(torch.tensor(3.0))  # as DeepAlign: start sharper than s = 1
         self.layout = None  # no layer chain: the graph covers any spec
+        self.weight_similarity = None  # the weight term needs a layer chain
         self.task = {}
 
     @classmethod
