@@ -138,10 +138,9 @@ def sinkhorn_rebasin(model: torch.nn.Module, sd_a: Mapping, sd_b: Mapping,
     floats = [k for k in a if a[k].is_floating_point()]
     group_blocks = {p: g.blocks for g in spec.block_groups if g.kind == "groups"
                     for p in g.perms}
-    base = None
-    if init is not None and all(classify_perms(init, sizes)[1].values()):
+    base, (init_batch, hard) = None, classify_perms(init, sizes) if init else (None, {})
+    if hard and all(hard.values()):
         spec.check_structure(init)
-        init_batch = classify_perms(init, sizes)[0]
         if init_batch not in (None, width):
             raise ValueError(f"init has batch size {init_batch}, the pairs {width}")
         base = {name: p.expand(width, -1) for name, p in init.items()}

@@ -114,7 +114,7 @@ def _einsum_letters(equation: str, ranks: list) -> tuple:
 @rule("aten::einsum")
 def einsum(ctx):
     engine = ctx.engine
-    operands = [a for a in ctx.arg(1)]
+    operands = list(ctx.arg(1))
     layouts, shapes = [ctx.layout(a) for a in operands], [ctx.shape(a) for a in operands]
     if any(lay is None for lay in layouts):
         ctx.fail("an einsum operand that is not a tensor")
