@@ -12,7 +12,7 @@ Check them in float64 (``aligner.double()``) so that a violation is not lost in 
 """
 import torch
 
-from deepalign.weightspace import invert_permutations, permute, random_permutations
+from deepalign.weightspace import invert_permutations, permute
 
 __all__ = ["assert_aligner_equivariant", "random_state_dict"]
 
@@ -75,8 +75,8 @@ def assert_aligner_equivariant(aligner, spec, sd_a: dict, sd_b: dict, n_iters: i
     batch, sizes = None, spec.perm_sizes(sd_a, batched=_is_batched(spec, sd_a))
     if _is_batched(spec, sd_a):
         batch = next(iter(sd_a.values())).shape[0]
-    g = random_permutations(sizes, batch, generator)
-    h = random_permutations(sizes, batch, generator)
+    g = spec.random_perms(generator, batch, sizes)
+    h = spec.random_perms(generator, batch, sizes)
     ga, hb = permute(sd_a, spec, g), permute(sd_b, spec, h)
     tol = {"rtol": rtol, "atol": atol}
     with torch.no_grad():

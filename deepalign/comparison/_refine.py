@@ -1,7 +1,6 @@
 """Deep-Align's output as the starting point of Sinkhorn re-basin ("Deep-Align + Sinkhorn")."""
 import torch
 
-from deepalign import ops
 
 #: Standard deviation the similarity logits are rescaled to before they seed Sinkhorn
 #: re-basin. Measured on 32 digits MLP pairs (64-32-32-32-10), 500 steps: the raw logits
@@ -17,14 +16,14 @@ def deep_align_start(aligner, sd_a, sd_b) -> tuple:
     Returns
     -------
     perms : dict of str to Tensor, int64 (B, n)
-        Rounded by linear assignment, exactly ``aligner.align``.
+        Rounded exactly as ``aligner.align`` rounds them (``aligner.round``).
     init : dict of str to Tensor, (B, n, n)
         The similarity logits, rescaled per matrix to standard deviation ``INIT_STD``; they
         round to the same perms.
     """
     aligner.eval()
     logits = aligner(sd_a, sd_b)
-    perms = {k: ops.linear_assignment(s, maximize=True) for k, s in logits.items()}
+    perms = aligner.round(logits)
     init = {k: s * (INIT_STD / s.std(dim=(-2, -1), keepdim=True).clamp_min(1e-12))
             for k, s in logits.items()}
     return perms, init

@@ -241,8 +241,11 @@ class DeepAlign(nn.Module):
         re-faulting large intermediates (Fashion-MNIST MLPs, measured before the fused entry
         pass: about 3 against 11 ms per pair).
         """
-        return {name: ops.linear_assignment(s, maximize=True)
-                for name, s in self.forward(sd_a, sd_b).items()}
+        return self.round(self.forward(sd_a, sd_b))
+
+    def round(self, logits: dict) -> dict:
+        """Hard perms maximising the similarity ``logits``: a linear assignment per perm."""
+        return {name: ops.linear_assignment(s, maximize=True) for name, s in logits.items()}
 
     @staticmethod
     def _unbatch(out: dict, batched: bool) -> dict:

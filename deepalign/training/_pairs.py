@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from deepalign.training._augment import Augmentation, augment
-from deepalign.weightspace import invert_permutations, permute, random_permutations
+from deepalign.weightspace import invert_permutations, permute
 
 
 @dataclass
@@ -114,7 +114,7 @@ class PairSampler:
         """``(t # aug(a), t^{-1})`` for a batch ``a``: the labelled partner and its target."""
         first = next(iter(a.values()))
         t = {k: v.to(first.device)
-             for k, v in random_permutations(self.sizes, first.shape[0], generator).items()}
+             for k, v in self.spec.random_perms(generator, first.shape[0], self.sizes).items()}
         b = permute(augment(a, self.layout, self.aug, generator), self.spec, t)
         return b, invert_permutations(t)
 

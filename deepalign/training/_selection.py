@@ -11,7 +11,7 @@ import torch
 from deepalign.evaluation import loss_barrier
 from deepalign.training._pairs import PartnerRule
 from deepalign.training._task_data import TaskData
-from deepalign.weightspace import invert_permutations, permute, random_permutations
+from deepalign.weightspace import invert_permutations, permute
 
 
 class BarrierValidator:
@@ -46,7 +46,7 @@ class BarrierValidator:
         self.b = {k: v[j] for k, v in nets.items()}
         device = next(iter(nets.values())).device
         self.t = {k: v.to(device) for k, v in
-                  random_permutations(spec.perm_sizes(nets, batched=True), n_pairs, gen).items()}
+                  spec.random_perms(gen, n_pairs, spec.perm_sizes(nets, batched=True)).items()}
         self.spec, self.model, self.loss_fn = spec, model, task.loss_fn
         self.per_pair = task.per_network
         self.data = (task.x, task.y[i] if task.per_network else task.y)

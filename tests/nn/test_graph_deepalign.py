@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from deepalign.cli import main as cli_main
-from deepalign.models import ResNet, build_model, example_input
+from deepalign.baselines._block_assignment import assign_perms
+from deepalign.models import ResNet, ViT, build_model, example_input
 from deepalign.nn import DeepAlign
 from deepalign.nn.graph import GraphDeepAlign
 from deepalign.testing import assert_aligner_equivariant, random_state_dict
@@ -115,6 +116,39 @@ def test_train_a_graph_aligner_on_a_resnet_zoo(resnet_zoo, tmp_path):
                      "--image-batch", "32", "--eval-every", "1", "--val-pairs", "1",
                      "--val-images", "64", "--val-points", "3", "--hidden", "8",
                      "--graph-layers", "1", "--out-features", "8", "--no-progress"]) == 0
+
+
+@pytest.fixture(scope="module")
+def vit_zoo(tmp_path_factory):
+    config = ViT(1, image_size=(8, 8), patch_size=4, width=8, depth=1, heads=2, hidden=8).config
+    return train_zoo(str(tmp_path_factory.mktemp("graph-vit") / "zoo"), "digits", config, 6,
+                     TrainSettings(epochs=1), seed=0, chunk_size=6, train_subset=200,
+                     val=0.34, test=0.0, progress=False)
+
+
+def test_train_a_graph_aligner_on_a_vit_zoo(vit_zoo, tmp_path):
+    """Heads groups: training's supervised targets are elements of the whole symmetry group
+    and ``align`` rounds each heads group hierarchically, so every perm set it returns (in
+    training's validation too) is a symmetry of the network."""
+    config = TrainConfig(steps=2, batch_size=2, image_batch=32, eval_every=2,
+                         checkpoint_every=2, val_pairs=1, val_images=64, val_points=3)
+    aligner = train(vit_zoo, str(tmp_path / "run"), "graph", config, progress=False,
+                    plot=False, **SMALL).eval()
+    spec = vit_zoo.spec()
+    assert spec.block_groups
+    nets = vit_zoo.stacked(vit_zoo.split["train"])
+    a, b = ({k: v[i:i + 2] for k, v in nets.items()} for i in (0, 2))
+    perms = aligner.align(a, b)
+    spec.check_structure(perms)
+    logits = aligner(a, b)
+    expected = assign_perms(logits, spec)
+    assert all(torch.equal(perms[k], expected[k]) for k in expected)
+    single = aligner.round({k: v[0] for k, v in logits.items()})
+    assert all(torch.equal(single[k], expected[k][0]) for k in expected)
+    # a per-member assignment of the same logits would break the heads structure
+    plain = DeepAlign.round(aligner, logits)
+    with pytest.raises(ValueError, match="whole blocks"):
+        spec.check_structure(plain)
 
 
 def test_batched_resnet_forward_with_statistics_that_need_a_gradient():

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from deepalign._io import save_atomic
+from deepalign.baselines._block_assignment import assign_perms
 from deepalign.nn._deepalign import CHUNK_ELEMENTS, DeepAlign
 from deepalign.nn.graph._encoder import GraphEncoder
 from deepalign.weightspace import PermutationSpec
@@ -96,6 +97,19 @@ class GraphDeepAlign(DeepAlign):
     def weight_keys(self) -> list:
         """The floating-point ``state_dict`` entries (what alignment losses compare)."""
         return [k for k, (_, floating) in self.shapes.items() if floating]
+
+    def round(self, logits: dict) -> dict:
+        """Hard perms maximising the similarity ``logits`` over the spec's symmetry group.
+
+        Plain perms get a linear assignment each; every block group (attention heads,
+        convolution groups) is rounded as a whole, the best block permutation with the best
+        permutations inside the blocks (weight matching's hierarchical assignment), since
+        per-member assignments of head units would not be a symmetry of the network.
+        """
+        single = next(iter(logits.values())).dim() == 2
+        batch = {k: v.unsqueeze(0) for k, v in logits.items()} if single else logits
+        perms = assign_perms(batch, self.spec)
+        return {k: v[0] for k, v in perms.items()} if single else perms
 
     def check_compatible(self, spec, state_dict: dict) -> None:
         """Raise ``ValueError`` unless networks of ``spec`` shaped like ``state_dict`` are the
