@@ -1,4 +1,5 @@
 """Data-parallel training: process group set-up from torchrun's environment."""
+import contextlib
 import os
 
 import torch
@@ -21,6 +22,29 @@ def init_distributed(device: torch.device) -> tuple:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+@contextlib.contextmanager
+def distributed(device: torch.device):
+    """:func:`init_distributed` as a context: yields ``(rank, world_size, device)`` and destroys
+    the process group on leaving if it created it.
+
+    The ranks leave together (a barrier first, unless an exception is on its way out): a rank
+    that exited while another still held its gloo connections aborted ("terminate called
+    without an active exception") in CI.
+    """
+    owned = not (dist.is_available() and dist.is_initialized())
+    rank, world, device = init_distributed(device)
+    owned = owned and dist.is_initialized()
+    try:
+        yield rank, world, device
+    except BaseException:
+        if owned:
+            dist.destroy_process_group()
+        raise
+    if owned:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier_if_distributed() -> None:

@@ -31,7 +31,7 @@ from deepalign.training._augment import INPUT_MIXINGS, Augmentation, mix_inputs
 from deepalign.training._checkpoint import BEST, load_checkpoint, save_checkpoint
 from deepalign.training._distill import distillation_loss, distillation_targets
 from deepalign.training._distributed import (any_rank, barrier_if_distributed,
-                                             broadcast_buffers, init_distributed,
+                                             broadcast_buffers, distributed,
                                              max_divergence)
 from deepalign.training._logging import MetricLog
 from deepalign.training._losses import alignment_loss, interpolation_loss, supervised_loss
@@ -185,10 +185,15 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
     **encoder_overrides
         ``EncoderConfig`` fields.
     """
-    device = torch.device(device)
     zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+    with distributed(torch.device(device)) as (rank, world, device):
+        return _train_on_rank(zoo, out, encoder, config, resume, rank, world, device, progress,
+                              tensorboard, plot, encoder_overrides)
+
+
+def _train_on_rank(zoo, out, encoder, config, resume, rank, world, device, progress,
+                   tensorboard, plot, encoder_overrides) -> DeepAlign:
     train_task = task_data(zoo, zoo.split["train"])
-    rank, world, device = init_distributed(device)
     if device.type == "cpu":
         keep_freed_memory()
     if config.batch_size % world:
