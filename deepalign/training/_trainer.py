@@ -7,6 +7,7 @@ Loss ``= w_s * supervised + w_a * alignment + w_i * interpolation`` (``_losses``
 gradient-norm clipping. With ``distill_weight > 0`` the unlabelled partners come from a bank of
 training pairs solved once by weight matching + Sinkhorn re-basin (``_distill``, cached in
 ``targets.pt``), and ``w_d * distillation`` pulls the aligner's plans towards their perms.
+Losses of weight 0 are not computed; with ``w_s = 0`` the labelled partners are not encoded.
 Every ``eval_every`` steps the validation barrier
 (``BarrierValidator``) selects ``best.pt``; every ``checkpoint_every`` steps ``checkpoint.pt``
 is written atomically so that ``resume=True`` after a kill repeats at most that many steps.
@@ -107,6 +108,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.distill_weight < 0 or self.distill_steps < 0 or self.distill_iters < 0:
             raise ValueError("distill_weight, distill_steps and distill_iters must be >= 0")
+        weights = {name: getattr(self, name + "_weight")
+                   for name in ("supervised", "alignment", "interpolation", "distill")}
+        if min(weights.values()) < 0 or max(weights.values()) == 0:
+            raise ValueError(f"loss weights must be >= 0 and not all 0, got {weights}")
         Augmentation(**self.augmentation)
         if self.input_mixing not in INPUT_MIXINGS:
             raise ValueError(f"input_mixing must be one of {INPUT_MIXINGS}, "
@@ -135,19 +140,31 @@ class _StepLoss(torch.nn.Module):
 
     def forward(self, batch, task_model, x, y, lam, seen=None) -> tuple:
         """``seen``: what the aligner encodes instead of ``(a, labelled_b, unlabelled_b)``
-        (their input-mixed copies); the losses use the batch's networks."""
+        (their input-mixed copies); the losses use the batch's networks. A loss of weight 0
+        is not computed, and without the supervised loss the labelled partners are not
+        encoded (the encoder is most of a step's cost)."""
         cfg = self.config
         seen = seen or (batch.a, batch.labelled_b, batch.unlabelled_b)
-        emb_a, emb_lab, emb_unl = self.aligner.embed(*seen, dtype=_PRECISIONS[cfg.precision])
-        parts = {"supervised": supervised_loss(
-            self.aligner.logits(emb_a, emb_lab, cfg.sinkhorn_iters, cfg.tau), batch.target)}
-        plans = self.aligner.plans(emb_a, emb_unl, cfg.sinkhorn_iters, cfg.tau)
-        aligned = permute(batch.unlabelled_b, self.spec, plans)
-        parts["alignment"] = alignment_loss(batch.a, aligned, self.keys)
-        parts["interpolation"] = interpolation_loss(task_model, batch.a, aligned, x, y, lam,
-                                                    self.loss_fn)
-        loss = (cfg.supervised_weight * parts["supervised"] + cfg.alignment_weight *
-                parts["alignment"] + cfg.interpolation_weight * parts["interpolation"])
+        supervised = cfg.supervised_weight > 0
+        embedded = self.aligner.embed(*(seen if supervised else seen[::2]),
+                                      dtype=_PRECISIONS[cfg.precision])
+        emb_a, emb_unl = embedded[0], embedded[-1]
+        parts, loss = {}, 0.0
+        if supervised:
+            parts["supervised"] = supervised_loss(
+                self.aligner.logits(emb_a, embedded[1], cfg.sinkhorn_iters, cfg.tau),
+                batch.target)
+            loss = cfg.supervised_weight * parts["supervised"]
+        if cfg.alignment_weight > 0 or cfg.interpolation_weight > 0:
+            plans = self.aligner.plans(emb_a, emb_unl, cfg.sinkhorn_iters, cfg.tau)
+            aligned = permute(batch.unlabelled_b, self.spec, plans)
+            if cfg.alignment_weight > 0:
+                parts["alignment"] = alignment_loss(batch.a, aligned, self.keys)
+                loss = loss + cfg.alignment_weight * parts["alignment"]
+            if cfg.interpolation_weight > 0:
+                parts["interpolation"] = interpolation_loss(task_model, batch.a, aligned, x, y,
+                                                            lam, self.loss_fn)
+                loss = loss + cfg.interpolation_weight * parts["interpolation"]
         if batch.distill_target is not None:
             logits = self.aligner.logits(emb_a, emb_unl, cfg.sinkhorn_iters, cfg.tau)
             parts["distillation"] = distillation_loss(logits, batch.distill_target,

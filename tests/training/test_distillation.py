@@ -121,8 +121,35 @@ def test_training_with_distillation_logs_it_and_stays_equivariant(align_zoo, tmp
                                generator=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.slow
+def test_distillation_alone_encodes_two_networks_per_item(align_zoo, tmp_path, monkeypatch):
+    config = TrainConfig(steps=2, batch_size=4, image_batch=32, eval_every=2,
+                         checkpoint_every=2, val_pairs=4, val_images=128, val_points=3,
+                         supervised_weight=0.0, alignment_weight=0.0, interpolation_weight=0.0,
+                         distill_weight=1.0, distill_pairs=8, distill_steps=2)
+    encoded = []
+    real = DeepAlign.embed
+
+    def counting(self, *batches, **kwargs):
+        if self.training:
+            encoded.append(len(batches))
+        return real(self, *batches, **kwargs)
+
+    monkeypatch.setattr(DeepAlign, "embed", counting)
+    out = str(tmp_path / "run")
+    train(align_zoo, out, config=config, progress=False, plot=False, **TINY)
+    assert encoded == [2, 2]
+    metrics = read_metrics(out)
+    assert "loss/distillation" in metrics and "loss/supervised" not in metrics
+    assert "loss/interpolation" not in metrics and len(metrics["val/barrier"]) == 1
+
+
 def test_bad_distillation_settings_are_rejected():
     with pytest.raises(ValueError, match="distill"):
         TrainConfig(distill_weight=-1.0)
     with pytest.raises(ValueError, match="distill_pairs"):
         TrainConfig(distill_pairs=0)
+    with pytest.raises(ValueError, match="not all 0"):
+        TrainConfig(supervised_weight=0.0, alignment_weight=0.0, interpolation_weight=0.0)
+    with pytest.raises(ValueError, match="loss weights must be >= 0"):
+        TrainConfig(interpolation_weight=-1.0)
