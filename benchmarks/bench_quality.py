@@ -94,6 +94,9 @@ def main():
     parser.add_argument("--distill-pairs", type=int, help="solved training pairs (preset's "
                         "default)")
     parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--paper-loss-weight", type=float, default=1.0,
+                        help="weight of the paper's supervised, alignment and interpolation "
+                        "losses (0: distillation alone, a third less encoding per step)")
     parser.add_argument("--pairs", type=int, default=50, help="test pairs")
     parser.add_argument("--sinkhorn-steps", type=int, default=1000)
     parser.add_argument("--methods", help="comma-separated subset of the seven (default: all)")
@@ -116,6 +119,9 @@ def main():
     config = TrainConfig(steps=args.steps or preset["steps"], lr_schedule="cosine",
                          time_limit=args.minutes, distill_weight=args.distill_weight,
                          distill_pairs=args.distill_pairs, distill_steps=args.distill_steps,
+                         supervised_weight=args.paper_loss_weight,
+                         alignment_weight=args.paper_loss_weight,
+                         interpolation_weight=args.paper_loss_weight,
                          input_mixing=args.input_mixing, seed=args.seed)
     resume = os.path.exists(os.path.join(run, "checkpoint.pt"))
     encoder = dict(preset["encoder"], **{flag: True for flag in ("weight_similarity",
