@@ -106,8 +106,8 @@ class TrainConfig:
                      "val_pairs", "sinkhorn_iters", "distill_pairs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.distill_weight < 0 or self.distill_steps < 0 or self.distill_iters < 0:
-            raise ValueError("distill_weight, distill_steps and distill_iters must be >= 0")
+        if self.distill_steps < 0 or self.distill_iters < 0:
+            raise ValueError("distill_steps and distill_iters must be >= 0")
         weights = {name: getattr(self, name + "_weight")
                    for name in ("supervised", "alignment", "interpolation", "distill")}
         if min(weights.values()) < 0 or max(weights.values()) == 0:
@@ -146,7 +146,7 @@ class _StepLoss(torch.nn.Module):
         cfg = self.config
         seen = seen or (batch.a, batch.labelled_b, batch.unlabelled_b)
         supervised = cfg.supervised_weight > 0
-        embedded = self.aligner.embed(*(seen if supervised else seen[::2]),
+        embedded = self.aligner.embed(*(seen if supervised else (seen[0], seen[2])),
                                       dtype=_PRECISIONS[cfg.precision])
         emb_a, emb_unl = embedded[0], embedded[-1]
         parts, loss = {}, 0.0
