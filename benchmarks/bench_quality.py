@@ -104,6 +104,9 @@ def main():
                         help="add weight matching's similarity to the head (DeepAlign option)")
     parser.add_argument("--normalize-layers", action="store_true",
                         help="divide each layer by its weights' RMS before the encoder")
+    parser.add_argument("--io-linear", action="store_true",
+                        help="full linear maps over the fixed inputs and outputs in the "
+                        "encoder's first layer (DeepAlign option)")
     parser.add_argument("--input-mixing", default="none",
                         choices=["none", "permutation", "signed-permutation"],
                         help="mix the input space of each training pair (TrainConfig)")
@@ -125,7 +128,7 @@ def main():
                          input_mixing=args.input_mixing, seed=args.seed)
     resume = os.path.exists(os.path.join(run, "checkpoint.pt"))
     encoder = dict(preset["encoder"], **{flag: True for flag in ("weight_similarity",
-                                                                 "normalize_layers")
+                                                                 "normalize_layers", "io_linear")
                                          if getattr(args, flag)})
     _check(zoo, encoder)
     train(zoo, run, config=config, resume=resume, progress=not args.quiet, **encoder)

@@ -31,7 +31,7 @@ def _run(args) -> int:
     _steps_for_time_limit(args)
     overrides = {field: getattr(args, flag) for flag, (field, _) in _ENCODER_FLAGS.items()
                  if getattr(args, flag) is not None}
-    for flag in ("weight_similarity", "normalize_layers"):
+    for flag in ("weight_similarity", "normalize_layers", "io_linear"):
         if getattr(args, flag):
             overrides[flag] = True
     train_fields = {f.name for f in fields(TrainConfig)} - {"augmentation"}
@@ -88,4 +88,7 @@ def register(sub) -> None:
                    "weights to the learned one (DWS encoder)")
     g.add_argument("--normalize-layers", action="store_true",
                    help="divide each layer by its weights' RMS before the encoder (DWS encoder)")
+    g.add_argument("--io-linear", action="store_true",
+                   help="compare first- and last-hidden neurons by full linear maps of their "
+                   "weights over the fixed inputs and outputs (DWS encoder; in distribution)")
     p.set_defaults(run=_run)

@@ -43,6 +43,12 @@ class EncoderConfig:
         ``DeepAlign`` divides each layer's weight and bias by the root mean square of that
         layer's weights, per network, before the encoder: invariant to hidden permutations,
         and blind to the weight scale of a zoo (networks trained on other data or for longer).
+    io_linear : bool
+        The first layer also maps each first-hidden neuron's incoming weights (over the fixed
+        inputs) and each last-hidden neuron's outgoing weights (over the fixed outputs) by a
+        full learned linear map (``WeightSpaceLayer``'s ``io_linear``): neurons are compared
+        by whole receptive fields, not only through the position embeddings. It fits the
+        training data's input layout, so it is for aligners used in distribution.
     """
 
     hidden: int = 32
@@ -58,6 +64,7 @@ class EncoderConfig:
     dropout: float = 0.0
     weight_similarity: bool = False
     normalize_layers: bool = False
+    io_linear: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,7 +134,8 @@ class WeightSpaceEncoder(nn.Module):
             sizes = [k] + list(set_sizes[1:]) if k and i and not every else set_sizes
             self.layers.append(WeightSpaceLayer(
                 sizes, c_w, c_b, c_out, config.set_layer, heads, config.reduction,
-                k if (every or i == 0) else None, readout=last, unpool=every))
+                k if (every or i == 0) else None, readout=last, unpool=every,
+                io_linear=config.io_linear and i == 0))
             if not last:
                 if config.norm not in ("batch", None):
                     raise ValueError(f"norm must be 'batch' or None, got {config.norm!r}")

@@ -69,6 +69,13 @@ class WeightSpaceLayer(nn.Module):
         With ``downsample``: spread the first weight back to full width (the paper's
         per-layer down/up-sampling). False: return it at ``downsample`` slots, for the
         following layers to work on directly (they get ``set_sizes[0] = downsample``).
+    io_linear : bool
+        Add to the neuron terms of the first hidden set a learned linear map of each neuron's
+        incoming weights over all (fixed, full-width) inputs, and to those of the last hidden
+        set one of its outgoing weights over the fixed outputs: the input- and output-indexed
+        blocks of the DWS layer, which the position embeddings reach only through the
+        nonlinearity of later layers. Hidden permutations permute these rows, so the layer
+        stays equivariant.
 
     Shapes
     ------
@@ -77,7 +84,7 @@ class WeightSpaceLayer(nn.Module):
 
     def __init__(self, set_sizes: list, c_w: int, c_b: int, c_out: int, set_layer: str = "ds",
                  heads: int = 8, reduction: str = "max", downsample: int = None,
-                 readout: bool = False, unpool: bool = True):
+                 readout: bool = False, unpool: bool = True, io_linear: bool = False):
         super().__init__()
         n_layers = len(set_sizes) - 1
         self.reduction, self.readout = reduction, readout
@@ -101,6 +108,19 @@ class WeightSpaceLayer(nn.Module):
         self.b_lin = nn.Parameter(torch.randn(n_layers, c_b, c_out) *
                                   math.sqrt(2.0) * math.sqrt(2.0 / (c_b + c_out)))
         self.c_out = c_out
+        self.io_in = self.io_out = None
+        if io_linear:
+            width_in, width_out = set_sizes[0] * c_w, set_sizes[-1] * c_w
+            self.io_in = nn.Parameter(torch.randn(width_in, 3 * c_out) / math.sqrt(width_in))
+            self.io_out = nn.Parameter(torch.randn(width_out, 3 * c_out) / math.sqrt(width_out))
+
+    def _io_terms(self, z: list, first: torch.Tensor, last: torch.Tensor) -> list:
+        """``z`` with the ``io_linear`` maps of ``first`` (B, d_1, d_0, c_w; full width) and
+        ``last`` (B, d_L, d_{L-1}, c_w) added to the first and last hidden sets' terms."""
+        z = list(z)
+        z[1] = z[1] + first.flatten(2) @ self.io_in.to(first.dtype)
+        z[-2] = z[-2] + last.transpose(1, 2).flatten(2) @ self.io_out.to(last.dtype)
+        return z
 
     def _neuron_features(self, weights: list, biases: list, pools: tuple = None) -> list:
         """Per set k, (B, d_k, 2 c_w + c_b): ``[pool_in(W_k), pool_out(W_{k+1}), b_k]``; None
@@ -157,6 +177,8 @@ class WeightSpaceLayer(nn.Module):
             slots, attn = self.downsample.pool(full_first)
             weights, pools = [slots] + list(weights[1:]), None  # the slots pool anew
         z = self.sets(self._neuron_features(weights, biases, pools))  # per set (B, d_k, 3 c_out)
+        if self.io_in is not None:
+            z = self._io_terms(z, full_first, weights[-1])
         dtype = biases[0].dtype
         b_lin = self.b_lin.to(dtype)
         if self.readout:  # the hidden sets' bias outputs, nothing else

@@ -57,7 +57,7 @@ def test_tuple_batch_norm_matches_per_tensor_statistics():
 
 
 @pytest.mark.parametrize("overrides", [
-    {}, {"norm": None}, {"dropout": 0.2}, {"downsample": 4},
+    {}, {"norm": None}, {"dropout": 0.2}, {"downsample": 4}, {"io_linear": True},
     {"downsample": 4, "downsample_every_layer": True, "set_layer": "sab", "heads": 2,
      "reduction": "max"},
 ])
@@ -92,6 +92,37 @@ def test_eval_encoder_folds_batchnorm_and_relu_exactly(overrides):
     for x, y, z in zip(got, fused, b):
         torch.testing.assert_close(x, y)
         torch.testing.assert_close(z, y)
+
+
+def test_io_linear_adds_linear_maps_of_the_fixed_side_weights():
+    # with its maps at zero the encoder is the plain one; a map of the first weight's rows
+    # moves the first hidden set's readout
+    from deepalign.nn import make_config
+    from deepalign.nn._encoder import WeightSpaceEncoder
+
+    torch.manual_seed(0)
+    sizes = [7, 5, 4, 3]
+    plain = WeightSpaceEncoder(sizes, 1, make_config("default", hidden=8, n_hidden=2,
+                                                     out_features=6)).double().eval()
+    enc = WeightSpaceEncoder(sizes, 1, make_config("default", hidden=8, n_hidden=2,
+                                                   out_features=6, io_linear=True)).double()
+    missing = enc.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["layers.0.io_in", "layers.0.io_out"]
+    assert enc.layers[0].io_in.shape == (7, 24) and enc.layers[0].io_out.shape == (3, 24)
+    enc.eval()
+    gen = torch.Generator().manual_seed(1)
+    weights = [torch.randn(2, o, i, 1, dtype=torch.float64, generator=gen)
+               for o, i in zip(sizes[1:], sizes)]
+    biases = [torch.randn(2, o, 1, dtype=torch.float64, generator=gen) for o in sizes[1:]]
+    with torch.no_grad():
+        trained = enc(weights, biases)
+        enc.layers[0].io_in.zero_()
+        enc.layers[0].io_out.zero_()
+        zeroed = enc(weights, biases)
+        reference = plain(weights, biases)
+    for got, want in zip(zeroed, reference):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(trained[0], zeroed[0])
 
 
 def test_a_layer_drops_its_weights_only_in_the_folded_pass():

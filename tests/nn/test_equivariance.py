@@ -48,9 +48,12 @@ def _train_a_little(aligner, spec, model, gen):
                  "downsample_every_layer": True, "norm": None, "dropout": 0.2}, True),
     ("default", {**SMALL, "weight_similarity": True}, True),
     ("default", {**SMALL, "weight_similarity": True, "downsample": 3}, True),
-    ("default", {**SMALL, "weight_similarity": True, "normalize_layers": True}, True)],
+    ("default", {**SMALL, "weight_similarity": True, "normalize_layers": True}, True),
+    ("default", {**SMALL, "io_linear": True}, True),
+    ("default", {**SMALL, "io_linear": True, "downsample": 3}, True)],
     ids=["default-untrained", "default-trained", "paper-trained", "every-layer-downsample",
-         "weight-similarity", "weight-similarity-downsample", "normalized-layers"])
+         "weight-similarity", "weight-similarity-downsample", "normalized-layers", "io-linear",
+         "io-linear-downsample"])
 def test_aligner_is_equivariant_and_swap_symmetric(arch, config, extra, trained):
     gen = torch.Generator().manual_seed(0)
     model = _mlp() if arch == "mlp" else _cnn()
