@@ -115,14 +115,14 @@ def test_io_linear_adds_linear_maps_of_the_fixed_side_weights():
                for o, i in zip(sizes[1:], sizes)]
     biases = [torch.randn(2, o, 1, dtype=torch.float64, generator=gen) for o in sizes[1:]]
     with torch.no_grad():
-        trained = enc(weights, biases)
+        mapped = enc(weights, biases)
         enc.layers[0].io_in.zero_()
         enc.layers[0].io_out.zero_()
         zeroed = enc(weights, biases)
         reference = plain(weights, biases)
     for got, want in zip(zeroed, reference):
         torch.testing.assert_close(got, want)
-    assert not torch.allclose(trained[0], zeroed[0])
+    assert not torch.allclose(mapped[0], zeroed[0])
 
 
 def test_a_layer_drops_its_weights_only_in_the_folded_pass():
