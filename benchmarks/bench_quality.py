@@ -34,6 +34,7 @@ import time
 import torch
 
 from deepalign.cli._evaluate import evaluate_zoo
+from deepalign.cli._train import UNBOUNDED_STEPS
 from deepalign.nn import DeepAlign
 from deepalign.testing import assert_aligner_equivariant
 from deepalign.training import (TrainConfig, distillation_loss, keep_freed_memory,
@@ -41,15 +42,13 @@ from deepalign.training import (TrainConfig, distillation_loss, keep_freed_memor
 from deepalign.weightspace import random_permutations, to_soft
 from deepalign.zoo import TrainSettings, Zoo, train_zoo
 
-# zoo, encoder and schedule of each preset; "steps" sets the cosine decay's length (what fits
-# in the budget on the 2-core machine), the clock ends the run
+# zoo, encoder and distillation of each preset; the cosine schedule decays over the budget
 PRESETS = {
     "digits": {"dataset": "digits", "hidden": [32, 32, 32], "in_features": 64, "count": 2000,
-               "epochs": 20, "val": 0.025, "test": 0.025, "encoder": {}, "steps": 2700,
-               "distill_pairs": 2048},
+               "epochs": 20, "val": 0.025, "test": 0.025, "encoder": {}, "distill_pairs": 2048},
     "fashion-mnist": {"dataset": "fashion-mnist", "hidden": [64, 64], "in_features": 784,
                       "count": 600, "epochs": 3, "val": 0.05, "test": 0.1,
-                      "encoder": {"downsample": 8}, "steps": 1200, "distill_pairs": 1024},
+                      "encoder": {"downsample": 8}, "distill_pairs": 1024},
 }
 
 
@@ -89,7 +88,8 @@ def main():
     parser.add_argument("--zoo", help="use this zoo instead of building the preset's")
     parser.add_argument("--minutes", type=float, default=30.0,
                         help="training budget, distillation targets included")
-    parser.add_argument("--steps", type=int, help="cosine schedule length (preset's default)")
+    parser.add_argument("--steps", type=int, help="end after this many steps (default: the "
+                        "clock alone, over which the cosine schedule decays)")
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--distill-pairs", type=int, help="solved training pairs (preset's "
                         "default)")
@@ -119,7 +119,7 @@ def main():
     keep_freed_memory()
     zoo = _zoo(args, preset)
     run = os.path.join(args.out, "aligner")
-    config = TrainConfig(steps=args.steps or preset["steps"], lr_schedule="cosine",
+    config = TrainConfig(steps=args.steps or UNBOUNDED_STEPS, lr_schedule="cosine",
                          time_limit=args.minutes, distill_weight=args.distill_weight,
                          distill_pairs=args.distill_pairs, distill_steps=args.distill_steps,
                          supervised_weight=args.paper_loss_weight,

@@ -80,13 +80,13 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def any_rank(flag: bool, device=None) -> bool:
-    """Whether ``flag`` is true on any rank (so that all ranks take the same decision).
+def rank_max(value: float, device=None) -> float:
+    """The largest ``value`` over the ranks (so that all ranks take the same decision).
 
     ``device``: where the collective runs (a CUDA device for NCCL).
     """
     if not (dist.is_available() and dist.is_initialized()):
-        return bool(flag)
-    value = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())

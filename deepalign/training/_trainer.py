@@ -31,9 +31,9 @@ from deepalign.training._allocator import keep_freed_memory
 from deepalign.training._augment import INPUT_MIXINGS, Augmentation, mix_inputs
 from deepalign.training._checkpoint import BEST, load_checkpoint, save_checkpoint
 from deepalign.training._distill import distillation_loss, distillation_targets
-from deepalign.training._distributed import (any_rank, barrier_if_distributed,
+from deepalign.training._distributed import (barrier_if_distributed,
                                              broadcast_buffers, distributed,
-                                             max_divergence)
+                                             max_divergence, rank_max)
 from deepalign.training._logging import MetricLog
 from deepalign.training._losses import alignment_loss, interpolation_loss, supervised_loss
 from deepalign.training._pairs import PairSampler
@@ -45,8 +45,7 @@ from deepalign.zoo import Zoo
 
 
 _PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
-# the learning rate's factor as a function of the fraction of ``steps`` done; a function of
-# the step alone, so resume and data-parallel ranks agree without extra state
+# the learning rate's factor as a function of the fraction of the run done (``run_fraction``)
 _SCHEDULES = {"constant": lambda done: 1.0,
               "cosine": lambda done: 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))}
 
@@ -57,8 +56,8 @@ class TrainConfig:
 
     ``time_limit``: stop (validate, checkpoint, save) after this many minutes of wall time
     (0: run all ``steps``); the clock survives ``resume``. ``lr_schedule``: 'constant' (the
-    authors' choice) or 'cosine', which decays ``lr`` to 0 at step ``steps`` (a time-limited run
-    should set ``steps`` to what fits, or the decay is cut short). ``precision``: the encoder's
+    authors' choice) or 'cosine', which decays ``lr`` to 0 at step ``steps`` or, with a
+    ``time_limit``, at the limit if that comes first (``run_fraction``). ``precision``: the encoder's
     activations while training, 'float32' or 'bfloat16' (mixed precision: float32 master
     weights, optimiser and losses; see ``DeepAlign.embed``). Validation always runs in float32.
 
@@ -122,6 +121,16 @@ class TrainConfig:
         if self.precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, "
                              f"got {self.precision!r}")
+
+
+def run_fraction(step: int, elapsed: float, config: TrainConfig) -> float:
+    """How much of the run is done after ``step`` steps and ``elapsed`` seconds: of its steps,
+    or of its time limit where that is nearer (so that a time-limited run's learning-rate
+    schedule ends with its clock, whatever the speed of the machine)."""
+    done = step / config.steps
+    if config.time_limit:
+        done = max(done, elapsed / (config.time_limit * 60))
+    return done
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -284,13 +293,15 @@ def _train_on_rank(zoo, out, encoder, config, resume, rank, world, device, progr
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(aligner.parameters(), config.clip)
-        lr = config.lr * _SCHEDULES[config.lr_schedule](step / config.steps)
+        # rank 0's clock would do, but every rank must take the same learning rate
+        fraction = run_fraction(step, rank_max(elapsed, device), config)
+        lr = config.lr * _SCHEDULES[config.lr_schedule](fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
         done, seconds = step + 1, time.perf_counter() - tick
         elapsed += seconds
-        last = done == config.steps or any_rank(0 < config.time_limit * 60 <= elapsed, device)
+        last = done == config.steps or 0 < config.time_limit * 60 <= rank_max(elapsed, device)
         if lead:
             log.log(done, {"loss": loss.detach(),
                            **{f"loss/{k}": v.detach() for k, v in parts.items()},

@@ -113,16 +113,36 @@ def test_a_time_limit_without_steps_trains_until_the_clock():
 
     from deepalign.cli._train import UNBOUNDED_STEPS, _steps_for_time_limit
 
-    args = Namespace(time_limit=30.0, steps=None, lr_schedule=None)
-    _steps_for_time_limit(args)
-    assert args.steps == UNBOUNDED_STEPS  # not the default 1,500, which stopped runs early
+    for schedule in (None, "cosine"):
+        args = Namespace(time_limit=30.0, steps=None, lr_schedule=schedule)
+        _steps_for_time_limit(args)
+        assert args.steps == UNBOUNDED_STEPS  # not the default 1,500, which stopped runs early
     for given in (Namespace(time_limit=30.0, steps=200, lr_schedule="cosine"),
                   Namespace(time_limit=None, steps=None, lr_schedule=None)):
         before = given.steps
         _steps_for_time_limit(given)
         assert given.steps == before
-    with pytest.raises(SystemExit, match="give --steps with --time-limit"):
-        _steps_for_time_limit(Namespace(time_limit=5.0, steps=None, lr_schedule="cosine"))
+
+
+def test_run_fraction_is_the_nearer_of_the_steps_and_the_clock():
+    steps_only = TrainConfig(steps=100)
+    assert _trainer.run_fraction(25, 1e6, steps_only) == 0.25  # no limit: the clock is ignored
+    timed = TrainConfig(steps=100, time_limit=10.0)
+    assert _trainer.run_fraction(25, 150.0, timed) == 0.25
+    assert _trainer.run_fraction(25, 300.0, timed) == 0.5
+    assert _trainer.run_fraction(60, 300.0, timed) == 0.6
+
+
+@pytest.mark.slow
+def test_a_time_limited_cosine_run_decays_with_the_clock(zoo, tmp_path):
+    out = str(tmp_path / "timed")
+    config = _config(steps=10 ** 6, time_limit=0.02, lr_schedule="cosine", eval_every=1000)
+    train(zoo, out, config=config, progress=False, plot=False, **TINY)
+    lr = [v for _, v in read_metrics(out)["lr"]]
+    assert 3 <= len(lr) < 10 ** 6  # the clock ended it
+    assert lr[0] == pytest.approx(config.lr)
+    assert all(b < a for a, b in zip(lr, lr[1:]))  # by the clock: the steps alone barely move
+    assert lr[-1] < 0.3 * config.lr
 
 
 def test_aligner_from_zoo_fits_its_networks(zoo):
