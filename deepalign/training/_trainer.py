@@ -57,9 +57,10 @@ class TrainConfig:
     ``time_limit``: stop (validate, checkpoint, save) after this many minutes of wall time
     (0: run all ``steps``); the clock survives ``resume``. ``lr_schedule``: 'constant' (the
     authors' choice) or 'cosine', which decays ``lr`` to 0 at step ``steps`` or, with a
-    ``time_limit``, at the limit if that comes first (``run_fraction``). ``precision``: the encoder's
-    activations while training, 'float32' or 'bfloat16' (mixed precision: float32 master
-    weights, optimiser and losses; see ``DeepAlign.embed``). Validation always runs in float32.
+    ``time_limit``, at the limit if that comes first (``run_fraction``). ``precision``: the
+    encoder's activations while training, 'float32' or 'bfloat16' (mixed precision: float32
+    master weights, optimiser and losses; see ``DeepAlign.embed``). Validation always runs in
+    float32.
 
     ``distill_weight``: weight of the distillation loss (0: off, the paper's training). Then
     ``distill_pairs`` training pairs are solved before the first step by weight matching and

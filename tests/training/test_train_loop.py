@@ -136,13 +136,14 @@ def test_run_fraction_is_the_nearer_of_the_steps_and_the_clock():
 @pytest.mark.slow
 def test_a_time_limited_cosine_run_decays_with_the_clock(zoo, tmp_path):
     out = str(tmp_path / "timed")
-    config = _config(steps=10 ** 6, time_limit=0.02, lr_schedule="cosine", eval_every=1000)
+    # 3 seconds: the last step starts past half of them however slow the machine's steps
+    config = _config(steps=10 ** 6, time_limit=0.05, lr_schedule="cosine", eval_every=1000)
     train(zoo, out, config=config, progress=False, plot=False, **TINY)
     lr = [v for _, v in read_metrics(out)["lr"]]
     assert 3 <= len(lr) < 10 ** 6  # the clock ended it
     assert lr[0] == pytest.approx(config.lr)
     assert all(b < a for a, b in zip(lr, lr[1:]))  # by the clock: the steps alone barely move
-    assert lr[-1] < 0.3 * config.lr
+    assert lr[-1] < 0.5 * config.lr
 
 
 def test_aligner_from_zoo_fits_its_networks(zoo):
