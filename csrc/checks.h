@@ -3,14 +3,21 @@
 // crash. (The stable ABI has no TORCH_CHECK: a failed check throws std::runtime_error, which the
 // dispatcher reports as RuntimeError with the message as written here.)
 #pragma once
+#include <torch/csrc/stable/macros.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/shim_utils.h>
 
 #include <cmath>
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+
+// torch 2.10 and 2.11 (TORCH_MIN is 2.10) have only the header-only spelling
+#ifndef STABLE_TORCH_ERROR_CODE_CHECK
+#define STABLE_TORCH_ERROR_CODE_CHECK(call) TORCH_ERROR_CODE_CHECK(call)
+#endif
 
 namespace deepalign {
 
