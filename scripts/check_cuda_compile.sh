@@ -15,7 +15,8 @@ if [ ${#SOURCES[@]} -eq 0 ]; then
   echo "cuda compile check: no .cu files"
   exit 0
 fi
-I=$(.venv/bin/python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))")
+# TORCH_INCLUDE: another torch's headers (scripts/check_torch_headers.sh)
+I=${TORCH_INCLUDE:-$(.venv/bin/python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))")}
 TARGET=$(.venv/bin/python -c "import setup; print(setup._target_version_flag())")
 mkdir -p build/cuda-check
 compile() {
