@@ -15,10 +15,11 @@ def _inputs(b, n, m, c_in, c_out, dtype=torch.float64, seed=0):
     return draw(b, n, m, c_in), draw(c_in, c_out), draw(b, n, c_out), draw(b, m, c_out)
 
 
-# c_out covers one partial vector, whole vectors, two-vector blocks and their tails (float32
-# vectors hold 16 lanes, float64 8); m covers the entry groups of 4 and their remainder
+# c_out covers one partial vector, whole vectors, channel blocks of 2 (AVX2) or 4 (AVX-512)
+# vectors and tails of 1-3 vectors (float32 vectors hold 8 lanes, float64 4); m covers the entry
+# groups of 4 and their remainder
 SHAPES = [(3, 5, 7, 1, 32), (2, 4, 9, 9, 17), (1, 3, 3, 32, 33), (4, 6, 5, 3, 64),
-          (2, 1, 1, 2, 1), (2, 7, 8, 5, 40)]
+          (2, 1, 1, 2, 1), (2, 7, 8, 5, 40), (2, 5, 6, 4, 44), (1, 2, 9, 7, 24)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
