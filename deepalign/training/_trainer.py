@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from deepalign.nn import DeepAlign
 from deepalign.training._allocator import keep_freed_memory
 from deepalign.training._augment import INPUT_MIXINGS, Augmentation, mix_inputs
-from deepalign.training._checkpoint import BEST, load_checkpoint, save_checkpoint
+from deepalign.training._checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
 from deepalign.training._distill import distillation_loss, distillation_targets
 from deepalign.training._distributed import (barrier_if_distributed,
                                              broadcast_buffers, distributed,
@@ -218,6 +218,18 @@ def train(zoo, out: str, encoder="default", config: TrainConfig = TrainConfig(),
                               tensorboard, plot, encoder_overrides)
 
 
+def _check_same_encoder(saved, current: dict, out: str) -> None:
+    """A checkpoint resumes only into the encoder it was trained with (a run folder from before
+    a changed default, e.g. ``deepalign demo``'s, would otherwise fail on missing weights).
+    Options newer than the checkpoint, which it lacks, are taken to be at their defaults."""
+    changed = ", ".join(f"{k}={v!r} (now {current.get(k)!r})"
+                        for k, v in sorted((saved or {}).items()) if current.get(k) != v)
+    if not changed:
+        return
+    raise ValueError(f"resume: {os.path.join(out, CHECKPOINT)} was trained with another encoder: "
+                     f"{changed}; pass the same encoder options or use a new output folder")
+
+
 def _train_on_rank(zoo, out, encoder, config, resume, rank, world, device, progress,
                    tensorboard, plot, encoder_overrides) -> DeepAlign:
     train_task = task_data(zoo, zoo.split["train"])
@@ -239,6 +251,7 @@ def _train_on_rank(zoo, out, encoder, config, resume, rank, world, device, progr
         state = load_checkpoint(out, map_location=device)
         if state is None:
             raise FileNotFoundError(f"resume: no checkpoint in {out}")
+        _check_same_encoder(state.get("encoder"), aligner.config.to_dict(), out)
         aligner.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best, elapsed = int(state["step"]), dict(state["best"]), float(state["elapsed"])

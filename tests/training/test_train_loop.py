@@ -82,6 +82,14 @@ def test_resume_without_checkpoint_is_an_error(zoo, tmp_path):
         train(zoo, str(tmp_path / "none"), config=_config(), resume=True, progress=False, **TINY)
 
 
+def test_resume_with_another_encoder_names_what_changed(zoo, tmp_path):
+    out = str(tmp_path / "run")
+    train(zoo, out, config=_config(steps=2), progress=False, plot=False, **TINY)
+    with pytest.raises(ValueError, match=r"another encoder: io_linear=False \(now True\)"):
+        train(zoo, out, config=_config(steps=4), resume=True, progress=False, plot=False,
+              io_linear=True, **TINY)
+
+
 def test_cli_train_runs(zoo, tmp_path, capsys):
     out = tmp_path / "cli"
     code = cli_main(["train", "--zoo", zoo.path, "--out", str(out), "--steps", "2",
